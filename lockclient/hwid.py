@@ -19,6 +19,9 @@ RANDOM_UID_FIRST_BYTE = 0x08
 
 _SEPARATORS = re.compile(r"[\s:\-]")
 _HEX = re.compile(r"^[0-9a-fA-F]*$")
+# Separated spellings: two hex digits per byte and one kind of separator throughout, so that a
+# misplaced separator ("0:4a:2b") is caught as a copying mistake rather than silently merged.
+_SEPARATED = re.compile(r"^[0-9a-fA-F]{2}(?P<separator>[: -])[0-9a-fA-F]{2}(?:(?P=separator)[0-9a-fA-F]{2})*$")
 
 
 class InvalidHardwareId(ValueError):
@@ -28,14 +31,16 @@ class InvalidHardwareId(ValueError):
 def normalize_hwid(text: str) -> str:
     """Return the canonical form of ``text`` or raise :class:`InvalidHardwareId`.
 
-    Accepts upper or lower case, with colons, dashes, spaces or no separator at all.
+    Accepts upper or lower case, with no separator at all or with one kind of separator (colon,
+    dash or space) between every two hex digits.
     """
     if not isinstance(text, str):
         raise InvalidHardwareId(
             f"hardware id must be a string of hex bytes, got {type(text).__name__} {text!r}; "
             "quote it in YAML, e.g. hwid: \"04:a2:3b:4c\""
         )
-    digits = _SEPARATORS.sub("", text.strip())
+    stripped = text.strip()
+    digits = _SEPARATORS.sub("", stripped)
     if not digits:
         raise InvalidHardwareId("hardware id is empty; write the card UID as hex bytes, e.g. 04:a2:3b:4c")
     if not _HEX.match(digits):
@@ -48,6 +53,11 @@ def normalize_hwid(text: str) -> str:
         raise InvalidHardwareId(
             f"hardware id {text!r} has an odd number of hex digits ({len(digits)}); "
             "every byte needs two digits, e.g. 04 not 4"
+        )
+    if digits != stripped and not _SEPARATED.match(stripped):
+        raise InvalidHardwareId(
+            f"hardware id {text!r} has separators in the wrong places; write two hex digits per "
+            "byte with the same separator between every byte, e.g. 04:a2:3b:4c, or no separator"
         )
     raw = bytes.fromhex(digits)
     check_hwid_bytes(raw, shown=text)
