@@ -202,8 +202,13 @@ def verify_signers(
     root_keys: dict[str, Ed25519PublicKey],
     previous: TrustedState | None,
     now: float,
+    allow_expired: bool = False,
 ) -> Signers:
-    """Verify a signers document against the pinned root keys and return it."""
+    """Verify a signers document against the pinned root keys and return it.
+
+    ``allow_expired`` is for re-loading the stored document at start, so that a stored expired
+    bundle can still be verified and its break-glass keys keep working.
+    """
     digest = hashlib.sha256(data).hexdigest()
     payload, _ = _open_envelope(data, SIGNERS_PAYLOAD_TYPE, root_keys)
 
@@ -227,7 +232,7 @@ def verify_signers(
         keys[keyid] = public_key
 
     _check_rollback("signers document", version, digest, previous)
-    if now >= expires_at:
+    if not allow_expired and now >= expires_at:
         raise ExpiredError(f"signers document version {version} expired at {format_time(expires_at)}")
     return Signers(version, issued_at, expires_at, keys, digest)
 

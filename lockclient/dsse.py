@@ -54,9 +54,14 @@ def _b64decode(value: object, field: str) -> bytes:
     if not isinstance(value, str):
         raise EnvelopeError(f"envelope field {field} must be a base64 string")
     try:
-        return base64.b64decode(value, validate=True)
+        decoded = base64.b64decode(value, validate=True)
     except binascii.Error:
         raise EnvelopeError(f"envelope field {field} is not valid base64") from None
+    # The decoder ignores the unused low bits of the last character, so several strings decode
+    # to the same bytes. Only the canonical one is accepted: other bytes, other envelope.
+    if base64.b64encode(decoded).decode("ascii") != value:
+        raise EnvelopeError(f"envelope field {field} is not canonical base64")
+    return decoded
 
 
 def parse_envelope(data: bytes) -> Envelope:
