@@ -1,0 +1,316 @@
+"""The pipeline scripts (ci/validate-and-diff, ci/compile-and-publish) run locally.
+
+GitHub and GitLab are not reachable from the tests, so the logic lives in these two scripts
+and the workflows only call them. Each test runs a script with bash against a temporary git
+repository (main branch plus a feature branch) and a local publish directory.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from compiler.cli import main
+from tests.access_samples import BASE_FILES, git, git_commit, git_init, write_access
+
+ROOT = Path(__file__).resolve().parent.parent
+VALIDATE_AND_DIFF = ROOT / "ci" / "validate-and-diff"
+COMPILE_AND_PUBLISH = ROOT / "ci" / "compile-and-publish"
+
+
+@pytest.fixture(scope="module")
+def doorlock_command(tmp_path_factory) -> Path:
+    """A ``doorlock`` executable for the scripts, running this checkout with the test's Python."""
+    directory = tmp_path_factory.mktemp("bin")
+    shim = directory / "doorlock"
+    shim.write_text(f"""#!/bin/sh
+PYTHONPATH={ROOT} exec {sys.executable} -c 'import sys; sys.argv[0] = "doorlock"; from compiler.cli import main; main()' "$@"
+""")
+    shim.chmod(0o755)
+    return shim
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> dict[str, Path]:
+    directory = tmp_path_factory.mktemp("keys")
+    runner = CliRunner()
+    for name, extra in (("root", ["--root"]), ("signing", [])):
+        result = runner.invoke(main, ["keygen", "--out", str(directory / name), *extra])
+        assert result.exit_code == 0, result.output
+    signers = directory / "signers.json"
+    result = runner.invoke(main, ["signers", "sign", "--root", str(directory / "root.key"),
+                                  "--signer", str(directory / "signing.pub"), "--version", "1", "--out", str(signers),
+                                  "--now", "2026-12-01T00:00:00Z"])
+    assert result.exit_code == 0, result.output
+    return {"signers": signers, "signing": directory / "signing.key"}
+
+
+@pytest.fixture
+def repo(tmp_path, keys) -> Path:
+    """An access repository in git whose main branch contains the base files and the signers document."""
+    repository = git_init(tmp_path / "access")
+    write_access(repository, {"signers.json": keys["signers"].read_text()})
+    git_commit(repository, "base access")
+    return repository
+
+
+def run_script(script: Path, repo: Path, doorlock: Path, **env: str) -> subprocess.CompletedProcess:
+    environment = {
+        "PATH": f"{doorlock.parent}:/usr/bin:/bin",
+        "HOME": str(repo.parent),
+        "TMPDIR": str(repo.parent),
+        "DOORLOCK": str(doorlock),
+        **env,
+    }
+    return subprocess.run(["bash", str(script)], cwd=repo, env=environment, capture_output=True,
+                          text=True, timeout=300)
+
+
+def feature_branch(repo: Path, changes: dict[str, str | None]) -> None:
+    git(repo, "checkout", "--quiet", "-b", "feature")
+    write_access(repo, changes)
+    git_commit(repo, "change access")
+
+
+# -- validate-and-diff ------------------------------------------------------------------------------
+
+
+def test_pull_request_diff_written(repo, doorlock_command, tmp_path):
+    feature_branch(repo, {"people/bob.yaml": BASE_FILES["people/bob.yaml"].replace(
+        "groups: [members]", "groups: [members, workshop]")})
+    out = tmp_path / "diff.md"
+    result = run_script(VALIDATE_AND_DIFF, repo, doorlock_command, DOORLOCK_BASE="main", DOORLOCK_DIFF_OUT=str(out))
+
+    assert result.returncode == 0, result.stderr
+    markdown = out.read_text()
+    assert markdown.startswith("## Access changes: main (")
+    assert "gains workshop, Mon–Fri 09:00–18:00 via workshop" in markdown
+    assert json.loads((tmp_path / "diff.json").read_text())["people"]["bob"][0]["kind"] == "grant-added"
+
+
+def test_step_summary_gets_the_diff(repo, doorlock_command, tmp_path):
+    feature_branch(repo, {"locks/front-door.yaml": BASE_FILES["locks/front-door.yaml"].replace(
+        "valid_days: 7", "valid_days: 30")})
+    summary = tmp_path / "summary.md"
+    result = run_script(VALIDATE_AND_DIFF, repo, doorlock_command, DOORLOCK_BASE="main",
+                        DOORLOCK_DIFF_OUT=str(tmp_path / "diff.md"), GITHUB_STEP_SUMMARY=str(summary),
+                        GITHUB_ACTIONS="true")
+    assert result.returncode == 0, result.stderr
+    assert "Sensitive changes" in summary.read_text()
+    assert "offline validity raised 7 → 30 days" in summary.read_text()
+
+
+def test_invalid_change_annotated_for_github(repo, doorlock_command, tmp_path):
+    feature_branch(repo, {"people/bob.yaml": BASE_FILES["people/bob.yaml"].replace(
+        "groups: [members]", "groups: [members, nosuchgroup]")})
+    out = tmp_path / "diff.md"
+    result = run_script(VALIDATE_AND_DIFF, repo, doorlock_command, DOORLOCK_BASE="main",
+                        DOORLOCK_DIFF_OUT=str(out), GITHUB_ACTIONS="true")
+
+    assert result.returncode == 1
+    annotations = [line for line in result.stdout.splitlines() if line.startswith("::error ")]
+    assert annotations, result.stdout
+    assert "people/bob.yaml" in annotations[0]
+    assert "line=" in annotations[0]
+    assert "Validation failed" in out.read_text()
+
+
+def test_gitlab_code_quality_report(repo, doorlock_command, tmp_path):
+    feature_branch(repo, {"people/bob.yaml": BASE_FILES["people/bob.yaml"].replace(
+        "groups: [members]", "groups: [members, nosuchgroup]")})
+    report = tmp_path / "gl-code-quality-report.json"
+    result = run_script(VALIDATE_AND_DIFF, repo, doorlock_command, DOORLOCK_BASE="main",
+                        DOORLOCK_DIFF_OUT=str(tmp_path / "diff.md"), DOORLOCK_CODEQUALITY_OUT=str(report))
+
+    assert result.returncode == 1
+    issues = json.loads(report.read_text())
+    errors = [issue for issue in issues if issue["severity"] == "major"]
+    assert errors, issues
+    assert errors[0]["location"]["path"] == "people/bob.yaml"
+    assert errors[0]["location"]["lines"]["begin"] >= 1
+    assert "nosuchgroup" in errors[0]["description"]
+
+
+def test_comment_only_change_reports_no_change(repo, doorlock_command, tmp_path):
+    feature_branch(repo, {"people/alice.yaml": "# reviewed 2026-12\n" + BASE_FILES["people/alice.yaml"]})
+    out = tmp_path / "diff.md"
+    result = run_script(VALIDATE_AND_DIFF, repo, doorlock_command, DOORLOCK_BASE="main", DOORLOCK_DIFF_OUT=str(out))
+    assert result.returncode == 0, result.stderr
+    assert "No change in access" in out.read_text()
+
+
+def test_missing_base_branch_explained(repo, doorlock_command, tmp_path):
+    result = run_script(VALIDATE_AND_DIFF, repo, doorlock_command, DOORLOCK_DIFF_OUT=str(tmp_path / "d.md"))
+    assert result.returncode == 2
+    assert "fetch the target branch" in result.stderr
+
+
+# -- compile-and-publish ------------------------------------------------------------------------------
+
+
+def publish(repo: Path, doorlock: Path, keys: dict[str, Path], target: Path, now: str, **env: str):
+    return run_script(
+        COMPILE_AND_PUBLISH, repo, doorlock,
+        DOORLOCK_SIGNING_KEY=keys["signing"].read_text(), DOORLOCK_PUBLISH_TO=str(target),
+        DOORLOCK_NOW=now, **env,
+    )
+
+
+def live_manifest(target: Path) -> dict:
+    return json.loads((target / "current" / "manifest.json").read_text())
+
+
+def test_compile_and_publish_to_directory(repo, doorlock_command, keys, tmp_path):
+    target = tmp_path / "www"
+    result = publish(repo, doorlock_command, keys, target, "2026-12-04T20:00:00Z")
+
+    assert result.returncode == 0, result.stderr
+    manifest = live_manifest(target)
+    assert sorted(manifest["bundles"]) == ["front-door", "workshop"]
+    assert (target / "current" / "bundles" / "front-door.json").is_file()
+    assert json.loads((tmp_path / "published-manifest" / "manifest.json").read_text()) == manifest
+    assert "| front-door |" in (tmp_path / "published-manifest" / "summary.md").read_text()
+
+
+def test_signing_key_never_echoed_or_left_on_disk(repo, doorlock_command, keys, tmp_path):
+    target = tmp_path / "www"
+    result = publish(repo, doorlock_command, keys, target, "2026-12-04T20:00:00Z")
+    assert result.returncode == 0, result.stderr
+
+    pem_body = keys["signing"].read_text().splitlines()[1]
+    assert pem_body not in result.stdout + result.stderr
+    assert "PRIVATE KEY" not in result.stdout + result.stderr
+    for path in list(repo.rglob("*")) + list(target.rglob("*")) + list(tmp_path.glob("doorlock-publish.*")):
+        if path.is_file():
+            assert b"PRIVATE KEY" not in path.read_bytes(), path
+    assert not list(tmp_path.glob("doorlock-publish.*")), "the work directory was not removed"
+
+
+def test_signing_key_as_base64(repo, doorlock_command, keys, tmp_path):
+    encoded = base64.b64encode(keys["signing"].read_bytes()).decode()
+    result = run_script(COMPILE_AND_PUBLISH, repo, doorlock_command, DOORLOCK_SIGNING_KEY=encoded,
+                        DOORLOCK_PUBLISH_TO=str(tmp_path / "www"), DOORLOCK_NOW="2026-12-04T20:00:00Z")
+    assert result.returncode == 0, result.stderr
+    assert encoded not in result.stdout + result.stderr
+    assert (tmp_path / "www" / "current" / "manifest.json").is_file()
+
+
+def test_missing_signing_key_fails_before_anything(repo, doorlock_command, tmp_path):
+    result = run_script(COMPILE_AND_PUBLISH, repo, doorlock_command, DOORLOCK_PUBLISH_TO=str(tmp_path / "www"))
+    assert result.returncode == 1
+    assert "DOORLOCK_SIGNING_KEY is not set" in result.stderr
+    assert not (tmp_path / "www").exists()
+
+
+def test_merge_publishes_only_changed_lock(repo, doorlock_command, keys, tmp_path):
+    target = tmp_path / "www"
+    assert publish(repo, doorlock_command, keys, target, "2026-12-04T20:00:00Z").returncode == 0
+    before = live_manifest(target)["bundles"]
+
+    write_access(repo, {"people/bob.yaml": BASE_FILES["people/bob.yaml"].replace(
+        "groups: [members]", "groups: [members, workshop]")})
+    git_commit(repo, "bob joins the workshop")
+    result = publish(repo, doorlock_command, keys, target, "2026-12-04T21:00:00Z")
+
+    assert result.returncode == 0, result.stderr
+    after = live_manifest(target)["bundles"]
+    assert after["workshop"]["version"] > before["workshop"]["version"]
+    assert after["front-door"] == before["front-door"]
+
+
+def test_rerun_without_changes_keeps_bundles(repo, doorlock_command, keys, tmp_path):
+    target = tmp_path / "www"
+    assert publish(repo, doorlock_command, keys, target, "2026-12-04T20:00:00Z").returncode == 0
+    before = live_manifest(target)["bundles"]
+    result = publish(repo, doorlock_command, keys, target, "2026-12-04T22:00:00Z")
+    assert result.returncode == 0, result.stderr
+    assert "uncommitted changes" not in result.stderr
+    assert live_manifest(target)["bundles"] == before
+
+
+def test_scheduled_run_resigns_bundles_near_expiry(repo, doorlock_command, keys, tmp_path):
+    target = tmp_path / "www"
+    assert publish(repo, doorlock_command, keys, target, "2026-12-04T20:00:00Z").returncode == 0
+    before = live_manifest(target)["bundles"]
+
+    # Six days later the 7-day bundles expire within the default two-day margin.
+    result = publish(repo, doorlock_command, keys, target, "2026-12-10T20:00:00Z")
+    assert result.returncode == 0, result.stderr
+    after = live_manifest(target)["bundles"]
+    for lock in ("front-door", "workshop"):
+        assert after[lock]["version"] > before[lock]["version"]
+        assert after[lock]["expires_at"] > before[lock]["expires_at"]
+
+
+def test_scripts_are_executable():
+    for script in (VALIDATE_AND_DIFF, COMPILE_AND_PUBLISH):
+        assert os.stat(script).st_mode & stat.S_IXUSR, script
+
+
+# -- workflow definitions ---------------------------------------------------------------------------
+
+
+def load_yaml(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def test_github_workflows_call_the_scripts():
+    validate = load_yaml(ROOT / "ci" / "github" / "validate.yml")
+    publish_flow = load_yaml(ROOT / "ci" / "github" / "publish.yml")
+    validate_runs = [step.get("run", "") for step in validate["jobs"]["validate"]["steps"]]
+    publish_steps = publish_flow["jobs"]["publish"]["steps"]
+
+    assert any(".doorlock/ci/validate-and-diff" in run for run in validate_runs)
+    assert any("gh pr comment" in run for run in validate_runs)
+    assert any(step.get("run") == ".doorlock/ci/compile-and-publish" for step in publish_steps)
+    # PyYAML reads the bare key "on" as True.
+    triggers = publish_flow[True]
+    assert set(triggers) == {"push", "schedule", "workflow_dispatch"}
+    assert publish_flow["concurrency"]["cancel-in-progress"] is False
+
+
+def test_signing_key_only_in_the_compile_step_environment():
+    for path in (ROOT / "ci" / "github" / "validate.yml", ROOT / "ci" / "github" / "publish.yml"):
+        for job in load_yaml(path)["jobs"].values():
+            for step in job["steps"]:
+                assert "secrets." not in step.get("run", ""), f"{path.name}: a secret inside a run script"
+                uses_key = "DOORLOCK_SIGNING_KEY" in (step.get("env") or {})
+                assert not uses_key or step.get("run") == ".doorlock/ci/compile-and-publish", path.name
+    assert "secrets." not in (ROOT / "ci" / "github" / "validate.yml").read_text()
+
+
+def test_gitlab_pipeline_jobs():
+    pipeline = load_yaml(ROOT / "ci" / "gitlab-ci.yml")
+    assert ".doorlock/ci/compile-and-publish" in pipeline["publish"]["script"]
+    assert pipeline["publish"]["resource_group"] == "doorlock-publish"
+    assert any("validate-and-diff" in line for line in pipeline["validate"]["script"])
+    sources = " ".join(rule["if"] for rule in pipeline["publish"]["rules"])
+    assert '"schedule"' in sources and '"push"' in sources
+
+
+def test_pre_commit_hook_runs_validate(repo, doorlock_command):
+    import re
+
+    hooks = load_yaml(ROOT / ".pre-commit-hooks.yaml")
+    hook = next(h for h in hooks if h["id"] == "doorlock-validate")
+    pattern = re.compile(hook["files"])
+    assert pattern.search("people/alice.yaml")
+    assert pattern.search("schedules/nested/late.yml")
+    assert not pattern.search("README.md")
+
+    write_access(repo, {"people/bob.yaml": BASE_FILES["people/bob.yaml"].replace(
+        "groups: [members]", "groups: [members, nosuchgroup]")})
+    command = hook["entry"].split()
+    result = subprocess.run([str(doorlock_command), *command[1:]], cwd=repo, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "people/bob.yaml" in result.stdout
