@@ -6,8 +6,6 @@ document, which lists the signing keys CI may use for bundles. See docs/keys.md.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +15,7 @@ import click
 from compiler import signing
 from lockclient.bundle import format_time
 from lockclient.dsse import key_id
+from lockclient.storage import atomic_write
 
 DEFAULT_SIGNERS_DAYS = 365
 
@@ -47,20 +46,6 @@ def keygen(name: str, root: bool) -> None:
 def signers() -> None:
     """Create, sign and inspect the signers document (the signing keys locks accept)."""
 
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    directory = path.parent if str(path.parent) else Path(".")
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _parse_now(value: str | None) -> int:
@@ -134,7 +119,7 @@ def sign(root_path: str, signer_paths: tuple[str, ...], version: int | None, pre
     expires_at = issued_at + expires_days * 86400
     document = signing.build_signers_document(root_key, listed, chosen_version, issued_at, expires_at)
     try:
-        _write_atomically(out_path, document)
+        atomic_write(out_path, document)
     except OSError as error:
         raise click.ClickException(f"cannot write {out_path}: {error.strerror}") from None
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import click
 
 from compiler.nginx import NginxConfigError, NginxSettings, render_server_block
+from lockclient.storage import atomic_write
 
 
 def _absolute(path: Path | None) -> Path | None:
@@ -68,21 +67,7 @@ def nginx_config(access: Path, publish_dir: Path, certificate: Path, certificate
     if out is None:
         click.echo(text, nl=False)
         return
-    _write_atomically(out, text.encode())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, text.encode())
     click.echo(f"wrote {out} for {len(locks)} lock(s); check it with 'nginx -t', then 'nginx -s reload'",
                err=True)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -24,7 +24,6 @@ import ipaddress
 import logging
 import os
 import re
-import tempfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from lockclient.storage import atomic_write
 
 __all__ = [
     "PkiError", "init_ca", "issue_server", "issue_lock", "create_lock_request", "sign_lock_request",
@@ -170,7 +170,7 @@ def create_lock_request(lock_name: str, out_dir: str | os.PathLike) -> tuple[Pat
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_private_key(key_path, key)
-    _atomic_write(csr_path, request.public_bytes(serialization.Encoding.PEM), 0o644)
+    atomic_write(csr_path, request.public_bytes(serialization.Encoding.PEM), 0o644)
     log.info("created key and certificate signing request for lock %s in %s", lock_name, out_dir)
     return csr_path, key_path
 
@@ -247,7 +247,7 @@ def renew(ca_dir: str | os.PathLike, cert_path: str | os.PathLike, days: int | N
 
     certificate = _sign_leaf(ca_dir, old.subject, old.public_key(), days, usage, san)
     previous = cert_path.with_name(cert_path.name + ".previous")
-    _atomic_write(previous, cert_path.read_bytes(), 0o644)
+    atomic_write(previous, cert_path.read_bytes(), 0o644)
     _write_certificate(cert_path, certificate)
     fingerprint = _der_sha256(certificate)
     log.info("renewed %s (%s), sha256 %s, valid until %s", cert_path,
@@ -391,27 +391,12 @@ def _write_leaf(out_dir: Path, stem: str, key, certificate: x509.Certificate) ->
 def _write_private_key(path: Path, key) -> None:
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    _atomic_write(path, pem, 0o600)
+    atomic_write(path, pem, 0o600)
 
 
 def _write_certificate(path: Path, certificate: x509.Certificate) -> None:
-    _atomic_write(path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+    atomic_write(path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
 
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    # mkstemp creates the file with mode 0600, so a key is not readable by others even for a
-    # moment. Certificates are widened to ``mode`` before the rename.
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _der_sha256(certificate: x509.Certificate) -> str:
