@@ -104,7 +104,7 @@ def measure_decisions(bundle, hwids: list[str], samples: int) -> dict:
 
 def measure_daemon(count: int, workdir: Path, runs: int) -> dict:
     from tests.lock_environment import BUNDLE_PATH, SIGNERS_PATH, LockEnvironment
-    from tests.nfc_emulator import LOOPBACK  # noqa: F401  (the emulator runs as a process below)
+    from compiler.nfc_emulator import LOOPBACK  # noqa: F401  (the emulator runs as a process below)
     from tests.tls_fixtures import static
 
     environment = LockEnvironment.create(workdir)
@@ -138,7 +138,7 @@ def measure_daemon(count: int, workdir: Path, runs: int) -> dict:
 def _first_decision(config_path: Path) -> tuple[float, int]:
     """Start the daemon with a card already on the reader; return seconds to the decision and RSS."""
     emulator = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "nfc_emulator.py"), "--port", str(EMULATOR_PORT), "--type2", CARD_UID],
+        [sys.executable, "-m", "compiler.nfc_emulator", "--port", str(EMULATOR_PORT), "--type2", CARD_UID],
         stdout=subprocess.PIPE, text=True,
     )
     emulator.stdout.readline()

@@ -23,6 +23,7 @@ Nothing listens on anything but 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import logging
@@ -43,13 +44,14 @@ from typing import Callable
 import click
 
 from compiler import pki
-from compiler.publish import live_release, publish
+from compiler.publish import live_release
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_ACCESS = ROOT / "access"
-CARD_EMULATOR = ROOT / "tests" / "nfc_emulator.py"
+# Runs as its own process per tap: the card is on the reader while it runs.
+CARD_EMULATOR_MODULE = "compiler.nfc_emulator"
 
 FIRST_LOCK = "front-door"
 MEMBER = "demo.member"
@@ -179,7 +181,7 @@ class Deployment:
         self.www = self.workdir / "www"
         self.lock_dir = self.workdir / "lock"
         self.poll_interval = poll_interval
-        self.hosting = self._choose_hosting(hosting)
+        self.hosting, self.hosting_reason = self._choose_hosting(hosting)
 
         self.second_lock: str | None = None
         self.lock_certs: dict[str, tuple[Path, Path, str]] = {}
@@ -196,26 +198,33 @@ class Deployment:
         self.reader_port = free_udp_port()
 
     @staticmethod
-    def _choose_hosting(hosting: str) -> str:
+    def _choose_hosting(hosting: str) -> tuple[str, str]:
+        """Return the hosting to use and why, for the demo's first line."""
         if hosting not in ("auto", "nginx", "devserver"):
             raise DemoError(f"unknown hosting {hosting!r}: use auto, nginx or devserver")
-        if hosting != "auto":
-            return hosting
         from compiler.nginx_run import NginxNotFound, find_nginx
 
+        if hosting == "nginx":
+            try:
+                return "nginx", f"found {find_nginx()}"
+            except NginxNotFound as error:
+                raise DemoError(f"{error}\n(run 'doorlock demo --hosting devserver' to use the development "
+                                f"server)") from None
+        if hosting == "devserver":
+            return hosting, "chosen with --hosting devserver"
+
         try:
-            find_nginx()
-            return "nginx"
-        except NginxNotFound:
-            return "devserver"
+            return "nginx", f"found {find_nginx()}"
+        except NginxNotFound as error:
+            return "devserver", str(error)
 
     # -- step 1: repository, certificates, keys, build, hosting ------------------------------
 
     def prepare_repository(self) -> None:
         """Copy the access repository, add the demo member, and commit it to a new git repository."""
-        if not CARD_EMULATOR.is_file():
-            raise DemoError(f"the card emulator {CARD_EMULATOR} is missing: run the demo from the source tree "
-                            f"('make demo' in a clone of the repository)")
+        if importlib.util.find_spec("nfc") is None:
+            raise DemoError("nfcpy is not installed; the lock's reader and the card emulator need it: "
+                            "install doorlock with the device extra (pip install -e '.[device]', or 'make venv')")
         if not (self.access_source / "locks" / f"{FIRST_LOCK}.yaml").is_file():
             raise DemoError(f"{self.access_source} has no locks/{FIRST_LOCK}.yaml; the demo needs the example "
                             f"access repository")
@@ -278,8 +287,8 @@ class Deployment:
         if live is not None:
             arguments += ["--previous", live]
         run_doorlock(*arguments)
-        result = publish(build, self.www)
-        release = result.release or live_release(self.www)
+        run_doorlock("publish", build, "--to", self.www)
+        release = live_release(self.www)
         manifest = json.loads((release / "manifest.json").read_text())
         return release, manifest["bundles"][FIRST_LOCK]["version"]
 
@@ -328,11 +337,11 @@ class Deployment:
                      "--certificate", self.server_cert, "--certificate-key", self.server_key,
                      "--client-ca", self.ca_cert, "--server-name", "localhost",
                      "--listen", f"127.0.0.1:{port}", "--receiver", self.receiver_url, "--out", server_block)
-        self._nginx = NginxInstance(self.workdir / "nginx", server_block.read_text(), port)
         try:
+            self._nginx = NginxInstance(self.workdir / "nginx", server_block.read_text(), port)
             self._nginx.start()
-        except RuntimeError as error:
-            raise DemoError(str(error)) from None
+        except RuntimeError as error:  # NginxNotFound, NginxStartError
+            raise DemoError(f"{error}\n(run 'doorlock demo --hosting devserver' to use the development server)") from None
         self.base_url = f"https://localhost:{port}"
 
     def stop_hosting(self) -> None:
@@ -390,7 +399,8 @@ class Deployment:
         since = self.lock_log.mark()
         placed = time.monotonic()
         card = subprocess.Popen(
-            [sys.executable, str(CARD_EMULATOR), "--port", str(self.reader_port), "--type2", hwid.replace(":", "")],
+            [sys.executable, "-m", CARD_EMULATOR_MODULE, "--port", str(self.reader_port),
+             "--type2", hwid.replace(":", "")],
             cwd=ROOT, env=subprocess_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL)
         try:
@@ -524,7 +534,8 @@ def run_story(deployment: Deployment, say: Callable[[str], None]) -> dict:
     deployment.create_keys()
     say("   root key (pinned by the lock), signing key, root-signed signers document")
     release, version = deployment.compile_and_publish()
-    say(f"   compiled and published {release.name}: {FIRST_LOCK} bundle version {version}")
+    say(f"   compiled and published {release.name}: {FIRST_LOCK} bundle version {version} "
+        f"(versions are issue times in Unix seconds, so they only increase)")
     if deployment.hosting == "nginx":
         deployment.start_receiver()
         deployment.start_hosting()
@@ -532,8 +543,8 @@ def run_story(deployment: Deployment, say: Callable[[str], None]) -> dict:
     else:
         deployment.start_hosting()
         deployment.start_receiver()
-        say(f"   the DEVELOPMENT server (used when nginx is not installed) serves {deployment.base_url}; "
-            f"receiver at {deployment.receiver_url}")
+        say(f"   the DEVELOPMENT server (compiler/devserver.py, not for production) serves {deployment.base_url} "
+            f"(mutual TLS); receiver at {deployment.receiver_url}")
 
     say("2. Lock client with the nfcpy udp reader and the log actuator")
     deployment.start_lock()
@@ -587,7 +598,8 @@ def run_story(deployment: Deployment, say: Callable[[str], None]) -> dict:
 
 @click.command(name="demo")
 @click.option("--hosting", type=click.Choice(["auto", "nginx", "devserver"]), default="auto", show_default=True,
-              help="Serve bundles with nginx, with the development server, or nginx when installed.")
+              help="Serve bundles with nginx, with the development server, or nginx when installed "
+                   "(set DOORLOCK_NGINX to choose the nginx binary).")
 @click.option("--keep", "keep_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run in this new directory and keep it (logs, certificates, builds) instead of a temporary one.")
 def demo(hosting: str, keep_dir: Path | None) -> None:
@@ -597,18 +609,29 @@ def demo(hosting: str, keep_dir: Path | None) -> None:
         if keep_dir.exists() and any(keep_dir.iterdir()):
             raise click.ClickException(f"{keep_dir} is not empty; pass a new directory to --keep")
         keep_dir.mkdir(parents=True, exist_ok=True)
-        workdir, cleanup = keep_dir, None
+        workdir, temporary = keep_dir, False
     else:
-        cleanup = tempfile.TemporaryDirectory(prefix="doorlock-demo-")
-        workdir = Path(cleanup.name)
+        workdir, temporary = Path(tempfile.mkdtemp(prefix="doorlock-demo-")), True
 
     try:
         with Deployment(workdir, hosting=hosting) as deployment:
-            click.echo(f"doorlock demo in {workdir} (hosting: {deployment.hosting})")
+            click.echo(f"doorlock demo in {workdir}")
+            click.echo(f"bundle hosting: {deployment.hosting} ({deployment.hosting_reason})")
             figures = run_story(deployment, click.echo)
-        click.echo(f"done in {figures['total_seconds']:.0f} s")
     except DemoError as error:
-        raise click.ClickException(f"{error}\n(working directory: {workdir})") from None
-    finally:
-        if cleanup is not None:
-            cleanup.cleanup()
+        if temporary and not any(workdir.iterdir()):
+            workdir.rmdir()
+            raise click.ClickException(str(error)) from None
+        # Every process is stopped by now; the logs, certificates and builds stay for a look.
+        raise click.ClickException(f"{error}\nEverything the demo wrote, logs included, is kept in {workdir}; "
+                                   f"delete it when done.") from None
+    except BaseException:
+        if temporary:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+    if temporary:
+        shutil.rmtree(workdir, ignore_errors=True)
+        click.echo(f"done in {figures['total_seconds']:.0f} s; every process stopped, {workdir} deleted")
+    else:
+        click.echo(f"done in {figures['total_seconds']:.0f} s; logs, certificates and builds are in {workdir}")

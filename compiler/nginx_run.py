@@ -8,6 +8,7 @@ binary on loopback without touching the system's configuration.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -17,12 +18,18 @@ from pathlib import Path
 
 from compiler.nginx import render_standalone_config
 
-__all__ = ["NginxNotFound", "NginxStartError", "NginxInstance", "find_nginx", "free_port"]
+__all__ = ["NginxNotFound", "NginxStartError", "NginxInstance", "find_nginx", "free_port",
+           "NGINX_ENVIRONMENT_VARIABLE"]
 
 log = logging.getLogger(__name__)
 
 # Debian installs nginx to /usr/sbin, which is not on every user's PATH.
 _CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
+
+# Names the nginx binary to use instead of searching for one. Setting it to a path that does
+# not exist makes nginx count as not installed (``doorlock demo`` then uses the development
+# server), which is how a machine without nginx is tried out without uninstalling it.
+NGINX_ENVIRONMENT_VARIABLE = "DOORLOCK_NGINX"
 
 
 class NginxNotFound(RuntimeError):
@@ -34,7 +41,17 @@ class NginxStartError(RuntimeError):
 
 
 def find_nginx() -> str:
-    """Return the path of the nginx binary or raise :class:`NginxNotFound`."""
+    """Return the path of the nginx binary or raise :class:`NginxNotFound`.
+
+    ``$DOORLOCK_NGINX`` wins when it is set; otherwise nginx on ``PATH``, then the usual
+    system locations.
+    """
+    chosen = os.environ.get(NGINX_ENVIRONMENT_VARIABLE)
+    if chosen:
+        if os.path.isfile(chosen) and os.access(chosen, os.X_OK):
+            return chosen
+        raise NginxNotFound(f"{NGINX_ENVIRONMENT_VARIABLE}={chosen} is not an executable file: point it at "
+                            f"the nginx binary, or unset it to search PATH and /usr/sbin")
     found = shutil.which("nginx")
     if found:
         return found

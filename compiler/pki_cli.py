@@ -14,13 +14,66 @@ CA_OPTION = click.option(
     help="Directory holding ca.crt and ca.key.")
 
 
-def lock_yaml_lines(fingerprint: str, cert_path: Path) -> str:
+ACCESS_OPTION = click.option(
+    "--access", "access_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+    help="The access repository, for the 'file:' line [default: the one around the certificate or the "
+         "current directory, recognised by its locks/ folder].")
+
+
+def find_access_repository(path: Path) -> Path | None:
+    """Return the nearest directory at or above ``path`` with a ``locks/`` folder, or None."""
+    path = path.expanduser().resolve()
+    for directory in (path, *path.parents):
+        if (directory / "locks").is_dir():
+            return directory
+    return None
+
+
+def certificate_file_entry(cert_path: Path, repository: Path | None) -> tuple[str, str | None]:
+    """Return the lock YAML's ``file:`` value and, when the file is not in the repository, what to copy.
+
+    ``file:`` is relative to the repository root, which is where 'doorlock validate' reads it.
+    """
+    resolved = cert_path.expanduser().resolve()
+    if repository is not None and resolved.is_relative_to(repository.resolve()):
+        return resolved.relative_to(repository.resolve()).as_posix(), None
+    suggested = f"certs/{cert_path.name}"
+    target = repository / suggested if repository is not None else f"{suggested} in the access repository"
+    return suggested, f"Copy {cert_path} to {target} (the certificate only, never the key)."
+
+
+def lock_yaml_lines(fingerprint: str, file_entry: str) -> str:
     """Return the lines to paste into a lock's YAML entry for a certificate."""
     return (
         "certificate:\n"
         f'  sha256: "{fingerprint}"\n'
-        f"  file: {cert_path.as_posix()}  # optional: lets 'doorlock validate' warn before it expires\n"
+        f"  file: {file_entry}  # optional: lets 'doorlock validate' warn before it expires\n"
     )
+
+
+def echo_lock_yaml(lockname: str, fingerprint: str, cert_path: Path, access_dir: Path | None) -> None:
+    """Print where to paste the certificate lines, the lines, and what to copy into the repository."""
+    repository = access_dir or find_access_repository(cert_path.parent) or find_access_repository(Path.cwd())
+    file_entry, copy_note = certificate_file_entry(cert_path, repository)
+    where = repository / "locks" if repository is not None else Path("locks")
+    click.echo(f"\nPaste into {where / f'{lockname}.yaml'}, replacing any 'certificate:' block:\n")
+    click.echo(lock_yaml_lines(fingerprint, file_entry))
+    if copy_note is not None:
+        click.echo(copy_note)
+
+
+def reject_key_in_repository(out_dir: Path, access_dir: Path | None) -> None:
+    """Raise a usage error when ``out_dir`` is inside an access repository, so no lock key reaches git."""
+    resolved = out_dir.expanduser().resolve()
+    repository = find_access_repository(resolved)
+    if access_dir is not None and resolved.is_relative_to(access_dir.resolve()):
+        repository = access_dir.resolve()
+    if repository is not None:
+        raise click.ClickException(
+            f"--out {out_dir} is inside the access repository {repository}: the lock's private key must "
+            f"never be written there, because it would end up in git. Pass a directory outside it "
+            f"(e.g. --out ~/doorlock-locks), or create the key on the lock with 'doorlock pki request "
+            f"LOCKNAME' and sign the request here with --csr.")
 
 
 @click.group(name="pki")
@@ -61,18 +114,23 @@ def issue_server_command(hostname: str, ca_dir: Path, out_dir: Path, extra_sans:
 @click.argument("lockname")
 @CA_OPTION
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=".",
-              show_default=True, help="Directory for LOCKNAME.crt (and LOCKNAME.key without --csr).")
+              show_default=True, help="Directory for LOCKNAME.crt (and LOCKNAME.key without --csr); "
+                                      "outside the access repository when it receives a key.")
+@ACCESS_OPTION
 @click.option("--csr", "csr_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Sign this request from 'doorlock pki request' instead of generating a key here.")
 @click.option("--days", type=click.IntRange(min=1), default=pki_api.DEFAULT_LOCK_DAYS, show_default=True,
               help="Validity in days.")
-def issue_lock_command(lockname: str, ca_dir: Path, out_dir: Path, csr_path: Path | None, days: int) -> None:
+def issue_lock_command(lockname: str, ca_dir: Path, out_dir: Path, access_dir: Path | None,
+                       csr_path: Path | None, days: int) -> None:
     """Issue a lock's client certificate (subject CN = LOCKNAME).
 
-    Without --csr the key is generated here, written to --out only, and never sent anywhere:
-    copy it to the lock and delete it here. With --csr the key never leaves the lock.
+    Without --csr the key is generated here, written to --out only (never into the access
+    repository), and never sent anywhere: copy it to the lock and delete it here. With --csr
+    the key never leaves the lock. Prints the lines for the lock's YAML entry.
     """
     if csr_path is None:
+        reject_key_in_repository(out_dir, access_dir)
         cert_path, key_path, fingerprint = _run(pki_api.issue_lock, ca_dir, lockname, out_dir, days=days)
     else:
         cert_path, fingerprint = _run(pki_api.sign_lock_request, ca_dir, lockname, csr_path, out_dir, days=days)
@@ -81,8 +139,7 @@ def issue_lock_command(lockname: str, ca_dir: Path, out_dir: Path, csr_path: Pat
     if key_path is not None:
         click.echo(f"key:         {key_path} (mode 0600; install it on the lock only)")
     click.echo(f"SHA-256:     {fingerprint}")
-    click.echo(f"\nPaste into locks/{lockname}.yaml:\n")
-    click.echo(lock_yaml_lines(fingerprint, cert_path))
+    echo_lock_yaml(lockname, fingerprint, cert_path, access_dir)
 
 
 @pki_group.command(name="request")
@@ -101,9 +158,10 @@ def request_command(lockname: str, out_dir: Path) -> None:
 @click.argument("certificates", nargs=-1, required=True,
                 type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @CA_OPTION
+@ACCESS_OPTION
 @click.option("--days", type=click.IntRange(min=1), default=None,
               help="Validity in days [default: the lifetime of the old certificate].")
-def renew_command(certificates: tuple[Path, ...], ca_dir: Path, days: int | None) -> None:
+def renew_command(certificates: tuple[Path, ...], ca_dir: Path, access_dir: Path | None, days: int | None) -> None:
     """Re-issue certificates for the keys they already have (no key is needed or touched)."""
     for cert_path in certificates:
         new_path, fingerprint = _run(pki_api.renew, ca_dir, cert_path, days=days)
@@ -111,8 +169,10 @@ def renew_command(certificates: tuple[Path, ...], ca_dir: Path, days: int | None
         click.echo(f"{new_path}: renewed until {not_after:%Y-%m-%d}, SHA-256 {fingerprint} "
                    f"(previous kept as {new_path.name}.previous)")
         if _is_lock_certificate(new_path):
-            click.echo("Update the lock's YAML entry and publish before installing the new certificate:\n")
-            click.echo(lock_yaml_lines(fingerprint, new_path))
+            lockname = pki_api.certificate_common_name(new_path) or new_path.stem
+            click.echo("Update the lock's YAML entry and publish, then install the new certificate on the "
+                       "lock (docs/hosting.md, 'Renewing a lock certificate without downtime').")
+            echo_lock_yaml(lockname, fingerprint, new_path, access_dir)
 
 
 def _is_lock_certificate(cert_path: Path) -> bool:

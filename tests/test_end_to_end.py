@@ -23,7 +23,7 @@ from compiler.demo import FIRST_LOCK, KEPT_CARD, REMOVED_CARD, UNKNOWN_CARD, Dep
 pytestmark = pytest.mark.slow
 
 
-def test_door_story_end_to_end(tmp_path):
+def test_door_story_end_to_end(tmp_path, capsys):
     with Deployment(tmp_path, hosting="nginx") as deployment:
         # 1. repository, certificates, keys, build, hosting
         deployment.prepare_repository()
@@ -56,8 +56,9 @@ def test_door_story_end_to_end(tmp_path):
             verdicts.append(deployment.tap(REMOVED_CARD).verdict)
         denial_seconds = time.monotonic() - published_at
         bundle_seconds = deployment.wait_for_bundle(new_version, since=mark) - published_at
-        print(f"\npublish to first denial: {denial_seconds:.1f} s; publish to new bundle on the lock: "
-              f"{bundle_seconds:.1f} s (poll interval {deployment.poll_interval:.0f} s, {len(verdicts)} tap(s))")
+        with capsys.disabled():  # shown in every run, not only when the test fails
+            print(f"\npublish to first denial: {denial_seconds:.1f} s; publish to new bundle on the lock: "
+                  f"{bundle_seconds:.1f} s (poll interval {deployment.poll_interval:.0f} s, {len(verdicts)} tap(s))")
         assert verdicts[-1] == "denied"
         assert deployment.tap(KEPT_CARD).verdict == "open"
 

@@ -6,6 +6,8 @@ from one test cannot answer another.
 
 from __future__ import annotations
 
+import logging
+import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +20,7 @@ import pytest
 from lockclient.reader import CardReader, TagRead, describe_tag, short_hwid
 
 ROOT = Path(__file__).resolve().parent.parent
-EMULATOR = ROOT / "tests" / "nfc_emulator.py"
+EMULATOR_MODULE = "compiler.nfc_emulator"
 TYPE2_UID = "04a23b4c5d6e7f"
 TYPE3_IDM = "012e4cd2a1b3c4d5"
 
@@ -27,7 +29,7 @@ class Emulator:
     """A card emulator process; stopping it takes the card off the reader."""
 
     def __init__(self, port: int, kind: str, identifier: str):
-        self.args = [sys.executable, str(EMULATOR), "--port", str(port), f"--{kind}", identifier]
+        self.args = [sys.executable, "-m", EMULATOR_MODULE, "--port", str(port), f"--{kind}", identifier]
         self.process: subprocess.Popen | None = None
 
     def start(self) -> Emulator:
@@ -160,6 +162,102 @@ def test_emulator_listens_on_loopback_only(emulators):
     listeners = [line.split()[1] for line in bound if line.split()[1].endswith(f":{41015:04X}")]
     assert listeners, "emulator socket not found"
     assert all(address.startswith("0100007F:") for address in listeners)
+
+
+def test_resting_card_of_last_target_reported_once(emulators):
+    emulators(41017, "type3", TYPE3_IDM)
+
+    # The FeliCa card answers only the last of three technologies; on udp each silent one
+    # costs a 1 s sense, longer than the debounce, unless the reader stays with the card.
+    with ReaderRun(41017, ("106A", "106B", "212F"), debounce=1.0) as run:
+        run.wait_for(lambda: run.reader.sightings >= 5)
+
+    assert len(run.taps) == 1
+
+
+def test_stop_waits_for_at_most_one_sense():
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 41018))  # stands where a card would answer; it never does
+    listener.settimeout(20)
+    try:
+        with ReaderRun(41018, ("106A", "106B", "212F")) as run:
+            listener.recv(1024)  # the reader is now waiting for an answer to one sense
+            run.stop_event.set()
+        listener.setblocking(False)
+        after_stop = []
+        while True:
+            try:
+                after_stop.append(listener.recv(1024))
+            except BlockingIOError:
+                break
+    finally:
+        listener.close()
+
+    assert [frame for frame in after_stop if not frame.startswith(b"RFOFF")] == []
+
+
+def test_technology_the_driver_cannot_sense_is_skipped(emulators):
+    emulators(41019, "type2", TYPE2_UID)
+
+    # nfcpy's udp driver senses Type F at 212 and 424 kbit/s only.
+    with ReaderRun(41019, ("106F", "106A")) as run:
+        run.wait_for(lambda: run.taps)
+
+    assert run.taps[0].hwid == "04:a2:3b:4c:5d:6e:7f"
+    assert run.reader.opened_count == 1
+    assert run.reader.healthy
+
+
+class FakeTag:
+    type = "Type2Tag"
+
+    def __init__(self, hwid: str):
+        self.identifier = bytes.fromhex(hwid)
+
+
+def read_cards(cards: list[FakeTag], on_tag, debounce: float = 30.0) -> CardReader:
+    """Run a reader whose frontend reports ``cards`` one per connect(), then stop it."""
+
+    class CardsFrontend(FlakyFrontend):
+        def connect(self, rdwr, terminate):
+            if cards:
+                tag = cards.pop(0)
+                rdwr["on-connect"](tag)
+                return tag
+            return super().connect(rdwr, terminate)
+
+    frontend = CardsFrontend([])
+    stop = threading.Event()
+    reader = CardReader("usb", on_tag, debounce_seconds=debounce, frontend_factory=lambda: frontend)
+    thread = threading.Thread(target=reader.run, args=(stop,), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while cards and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stop.set()
+    thread.join(timeout=5)
+    return reader
+
+
+def test_debounce_is_per_uid():
+    taps: list[TagRead] = []
+
+    reader = read_cards([FakeTag(TYPE2_UID), FakeTag("04112233445566")] * 3, taps.append)
+
+    assert reader.sightings == 6
+    assert [tap.hwid for tap in taps] == ["04:a2:3b:4c:5d:6e:7f", "04:11:22:33:44:55:66"]
+
+
+def test_failed_tap_logged_without_full_uid(caplog):
+    def failing(tap: TagRead) -> None:
+        raise KeyError(tap.hwid)
+
+    with caplog.at_level(logging.INFO, logger="lockclient.reader"):
+        read_cards([FakeTag(TYPE2_UID)], failing)
+
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.INFO]
+    assert any("handling tap of 04:…:7f failed: KeyError" in message for message in errors)
+    assert not any("04:a2:3b:4c:5d:6e:7f" in message or TYPE2_UID in message for message in errors)
 
 
 class FlakyFrontend:

@@ -285,3 +285,89 @@ def test_cli_request_and_issue_with_csr(tmp_path):
 def test_renew_ca_certificate_rejected(ca):
     with pytest.raises(pki.PkiError, match="no extended key usage"):
         pki.renew(ca, ca)
+
+
+def _pasted_block(output: str) -> str:
+    """The 'certificate:' lines issue-lock and renew print for the lock's YAML."""
+    start = output.index("certificate:\n  sha256:")
+    return output[start:output.index("\n\n", start) + 1]
+
+
+def _paste(lock_file, block: str) -> None:
+    """Replace the lock's 'certificate:' block with ``block``, as an admin does in an editor."""
+    lines = lock_file.read_text().splitlines(keepends=True)
+    start = next(index for index, line in enumerate(lines) if line.startswith("certificate:"))
+    end = start + 1
+    while end < len(lines) and lines[end].startswith("  "):
+        end += 1
+    lock_file.write_text("".join(lines[:start]) + block + "".join(lines[end:]))
+
+
+def _example_access(tmp_path):
+    import shutil
+
+    from compiler.demo import EXAMPLE_ACCESS
+
+    access = tmp_path / "access"
+    shutil.copytree(EXAMPLE_ACCESS, access)
+    return access
+
+
+def test_cli_issue_lock_refuses_key_in_access_repository(tmp_path):
+    access = _example_access(tmp_path)
+    runner = CliRunner()
+    runner.invoke(main, ["pki", "init", "--ca", str(tmp_path / "ca")])
+
+    result = runner.invoke(main, ["pki", "issue-lock", "front-door", "--ca", str(tmp_path / "ca"),
+                                  "--out", str(access / "certs")])
+
+    assert result.exit_code == 1
+    assert "inside the access repository" in result.output
+    assert "Traceback" not in result.output
+    assert not (access / "certs").exists()
+
+
+def test_cli_issue_lock_yaml_pastes_into_valid_lock(tmp_path):
+    """The printed lines, pasted as printed and with the copy done as told, validate cleanly."""
+    access = _example_access(tmp_path)
+    runner = CliRunner()
+    runner.invoke(main, ["pki", "init", "--ca", str(tmp_path / "ca")])
+
+    issued = runner.invoke(main, ["pki", "issue-lock", "front-door", "--ca", str(tmp_path / "ca"),
+                                  "--out", str(tmp_path / "keys"), "--access", str(access), "--days", "20"])
+    assert issued.exit_code == 0, issued.output
+    assert f"Copy {tmp_path / 'keys' / 'front-door.crt'} to {access / 'certs' / 'front-door.crt'}" in issued.output
+    (access / "certs").mkdir()
+    (access / "certs" / "front-door.crt").write_bytes((tmp_path / "keys" / "front-door.crt").read_bytes())
+    _paste(access / "locks" / "front-door.yaml", _pasted_block(issued.output))
+    validated = runner.invoke(main, ["validate", str(access)])
+
+    assert "  file: certs/front-door.crt  #" in issued.output
+    assert validated.exit_code == 0, validated.output
+    assert "0 errors" in validated.output
+    assert "certificate 'certs/front-door.crt' of lock 'front-door' expires on" in validated.output
+    assert "doorlock pki renew certs/front-door.crt" in validated.output
+
+
+def test_cli_renew_in_repository_yaml_validates(tmp_path):
+    """Renewing a certificate kept in the repository prints lines that make validate pass again."""
+    access = _example_access(tmp_path)
+    runner = CliRunner()
+    runner.invoke(main, ["pki", "init", "--ca", str(tmp_path / "ca")])
+    runner.invoke(main, ["pki", "request", "front-door", "--out", str(tmp_path / "lock")])
+    issued = runner.invoke(main, ["pki", "issue-lock", "front-door", "--ca", str(tmp_path / "ca"),
+                                  "--csr", str(tmp_path / "lock" / "front-door.csr"), "--out", str(access / "certs")])
+    assert issued.exit_code == 0, issued.output
+    assert "Copy " not in issued.output
+    _paste(access / "locks" / "front-door.yaml", _pasted_block(issued.output))
+
+    renewed = runner.invoke(main, ["pki", "renew", str(access / "certs" / "front-door.crt"), "--ca", str(tmp_path / "ca")])
+    stale = runner.invoke(main, ["validate", str(access)])
+    _paste(access / "locks" / "front-door.yaml", _pasted_block(renewed.output))
+    fixed = runner.invoke(main, ["validate", str(access)])
+
+    assert renewed.exit_code == 0, renewed.output
+    assert stale.exit_code == 1
+    assert "does not match 'certs/front-door.crt'" in stale.output
+    assert fixed.exit_code == 0, fixed.output
+    assert "0 errors, 0 warnings" in fixed.output

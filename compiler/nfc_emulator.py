@@ -1,9 +1,10 @@
 """Card emulators on nfcpy's ``udp`` driver, bound to 127.0.0.1, for the real read path.
 
-Run as a process (killing it is taking the card away)::
+For development, tests and ``doorlock demo``; a lock never runs it, so it lives in the admin
+package and not in ``lockclient``. Run as a process (killing it is taking the card away)::
 
-    python tests/nfc_emulator.py --port 41001 --type2 04a23b4c5d6e7f
-    python tests/nfc_emulator.py --port 41002 --type3 012e4cd2a1b3c4d5
+    python -m compiler.nfc_emulator --port 41001 --type2 04a23b4c5d6e7f
+    python -m compiler.nfc_emulator --port 41002 --type3 012e4cd2a1b3c4d5
 
 ``--type2`` emulates an NXP NTAG213 with a 7-byte UID (ATQA 44 00, SAK 00). nfcpy's reader
 probes an NXP tag with AUTHENTICATE (no answer, so the tag goes mute and is selected again)
@@ -33,7 +34,7 @@ import nfc.clf.udp
 import nfc.tag
 import nfc.tag.tt3
 
-log = logging.getLogger("nfc_emulator")
+log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 NTAG213_VERSION = bytes.fromhex("0004040201000f03")
