@@ -1,5 +1,5 @@
-# Set-up and entry points. Everything lands in .venv; system packages the
-# tests need (nginx, Chromium) are installed by scripts/install-system-packages
+# Set-up and entry points. Everything lands in .venv; system packages that set-up
+# and the tests need (python3-venv, nginx, Chromium) are installed by scripts/install-system-packages
 # when the machine allows it (root with apt-get) and reported otherwise.
 
 PYTHON ?= python3
@@ -12,13 +12,14 @@ STAMP := $(VENV)/.installed
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
+	PYTHON=$(PYTHON) bash scripts/install-system-packages venv
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,device]'
 	touch $(STAMP)
 
 system-packages:
-	bash scripts/install-system-packages
+	bash scripts/install-system-packages test
 
 demo: venv
 	$(BIN)/doorlock demo

@@ -120,7 +120,12 @@ def _diff_people(result: AccessDiff, base: AccessRepository, head: AccessReposit
         before = base.people.get(username)
         after = head.people.get(username)
         if before is None:
-            state = "" if after.enabled else " (disabled)"
+            # The membership limits every grant listed below it, so a reviewer needs it here.
+            details = [] if after.enabled else ["disabled"]
+            validity = describe_validity(after.valid_from, after.valid_until)
+            if validity:
+                details.append(f"membership {validity}")
+            state = f" ({', '.join(details)})" if details else ""
             result.add(result.people, Change("person-added", username, f"{username}: new person{state}"))
         elif after is None:
             result.add(result.people, Change("person-removed", username, f"{username}: removed"))
@@ -209,8 +214,10 @@ def _diff_grants(
             result.add(result.people, Change("schedule-changed", username, text, access_hours(old), access_hours(new)))
             changed.setdefault(lock, []).append(username)
         elif describe_access(old) != describe_access(new):
-            # Same hours, other groups: access is unchanged, but the reason for it moved.
-            text = f"{username}: {lock}, same hours, now {describe_access(new)} (was {describe_access(old)})"
+            # Same hours, other rules: access is unchanged, but the reason for it moved (another
+            # group, or a schedule whose change an always-open grant hides).
+            text = (f"{username}: {lock}, same hours ({access_hours(new)}), other rules: "
+                    f"{describe_access(old)} → {describe_access(new)}")
             result.add(result.people, Change("grant-route-changed", username, text, describe_access(old), describe_access(new)))
 
     for lock, names in sorted(gained.items()):
@@ -242,7 +249,7 @@ def _flag_always_open(
         members = sorted(u for (u, l), grants in head.items() if l == lock and any(g.group == group for g in grants))
         who = _names(members) if members else "no members yet"
         result.sensitive.append(Change(
-            "always-open-granted", lock, f"{lock}: group {group} now has always-open access ({who})",
+            "always-open-granted", lock, f"{lock}: group {group} can now open it at any time ({who})",
         ))
 
     gained = []
@@ -256,7 +263,7 @@ def _flag_always_open(
         gained.append((lock, username, ", ".join(sorted({g.group for g in grants if g.always_open}))))
     for lock, username, groups in sorted(gained):
         result.sensitive.append(Change(
-            "always-open-granted", lock, f"{lock}: {username} now has always-open access (via {groups})",
+            "always-open-granted", lock, f"{lock}: {username} can now open it at any time (via {groups})",
         ))
 
 

@@ -24,7 +24,7 @@ def load_side(spec: str | None, repo: Path, scratch: Path) -> AccessSide:
         root = scratch
         commit = export_revision(repo, spec, root)
         label = f"{spec} ({commit[:12]})" if not commit.startswith(spec) else commit[:12]
-    return AccessSide(label=label, repository=load_directory(root), signers=read_signers(root))
+    return AccessSide(label=label, repository=load_directory(root, label), signers=read_signers(root))
 
 
 @click.command("diff")

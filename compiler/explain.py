@@ -185,7 +185,8 @@ def _explain_holder(
     if not usable:
         return result.finish(False, "denied: no usable key (disabled or outside its validity)")
     if not person_ok:
-        return result.finish(False, f"denied: {person.username} is disabled or outside the membership validity")
+        reason = "is disabled" if not person.enabled else "is outside the membership validity"
+        return result.finish(False, f"denied: {person.username} {reason}")
     if not schedule_ok:
         return result.finish(False, f"denied: no rule of {person.username}'s groups opens {lock.name} at this time")
     keys_text = ", ".join(key.hwid for key in usable)

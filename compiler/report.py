@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 import tempfile
 import urllib.parse
 from dataclasses import dataclass, field
@@ -64,6 +65,15 @@ class Stats:
     source: str = ""
 
 
+# Fields every row of the statistics needs; the pages read the others with defaults.
+_REQUIRED_FIELDS = {
+    "unknown_keys": ("lock", "hwid"),
+    "last_seen": ("lock", "hwid", "window_start", "window_end"),
+    "locks": ("lock",),
+}
+_TIME_FIELDS = ("first_seen", "last_seen", "window_start", "window_end", "last_contact")
+
+
 def load_stats(path: Path) -> Stats:
     """Read statistics from a receiver database, or from a JSON export of the same lists."""
     if path.suffix == ".json":
@@ -73,8 +83,10 @@ def load_stats(path: Path) -> Stats:
             raise ReportError(f"statistics export {path} cannot be read: {error}") from None
         if not isinstance(document, dict):
             raise ReportError(f"statistics export {path} must be a JSON object with unknown_keys, last_seen and locks")
-        return Stats(document.get("unknown_keys", []), document.get("last_seen", []),
-                     document.get("locks", []), str(path))
+        stats = Stats(document.get("unknown_keys", []), document.get("last_seen", []),
+                      document.get("locks", []), str(path))
+        _check_stats(stats, path)
+        return stats
 
     from receiver import queries
 
@@ -82,6 +94,34 @@ def load_stats(path: Path) -> Stats:
         return Stats(queries.unknown_keys(path), queries.last_seen(path), queries.locks(path), str(path))
     except queries.DatabaseNotFound as error:
         raise ReportError(str(error)) from None
+    except sqlite3.Error as error:
+        raise ReportError(f"statistics database {path} cannot be read ({error}); pass the receiver's "
+                          "SQLite database or a JSON export ending in .json") from None
+
+
+def _check_stats(stats: Stats, path: Path) -> None:
+    """Reject an export whose rows the pages cannot show, naming the first bad row."""
+    for name, fields in _REQUIRED_FIELDS.items():
+        rows = getattr(stats, name)
+        if not isinstance(rows, list):
+            raise ReportError(f"statistics export {path}: {name} must be a list, not {type(rows).__name__}")
+        for index, row in enumerate(rows):
+            where = f"statistics export {path}: {name}[{index}]"
+            if not isinstance(row, dict):
+                raise ReportError(f"{where} must be an object with {', '.join(fields)}")
+            for field_name in fields:
+                if not isinstance(row.get(field_name), str) or not row[field_name]:
+                    raise ReportError(f"{where} needs '{field_name}' as text")
+            for field_name in _TIME_FIELDS:
+                value = row.get(field_name)
+                if value is None:
+                    continue
+                try:
+                    if not isinstance(value, str) or _parse_utc(value).utcoffset() is None:
+                        raise ValueError
+                except ValueError:
+                    raise ReportError(f"{where}: {field_name} {value!r} is not a UTC time such as "
+                                      "2026-12-04T10:00:00Z") from None
 
 
 def load_published(path: Path) -> dict:
@@ -168,6 +208,19 @@ class SiteBuilder:
 
     # -- per-page data ------------------------------------------------------------------
 
+    def membership_state(self, person: Person, lock: Lock) -> str:
+        """Say when the membership does not cover today at the lock: "ended" or "not started yet".
+
+        The grant stays on the pages (it is in the YAML and in the bundle), but an admin who
+        reads "who can open it" must not count a member who left in June.
+        """
+        today = self.now.astimezone(ZoneInfo(lock.timezone)).date()
+        if person.valid_until is not None and person.valid_until < today:
+            return "membership ended"
+        if person.valid_from is not None and person.valid_from > today:
+            return "membership not started yet"
+        return ""
+
     def person_rows(self, person: Person) -> list[dict]:
         rows = []
         for lock_name in self.locks_of.get(person.username, []):
@@ -180,6 +233,7 @@ class SiteBuilder:
                 "groups": sorted({g.group for g in grants}),
                 "closed": sorted({g.closed_text for g in grants if g.closed_text}),
                 "office_mode": any(g.office_mode for g in grants),
+                "membership_state": self.membership_state(person, lock),
             })
         return rows
 
@@ -214,6 +268,7 @@ class SiteBuilder:
                 "groups": sorted({g.group for g in grants}),
                 "key_count": len(usable),
                 "validity": describe_validity(person.valid_from, person.valid_until),
+                "membership_state": self.membership_state(person, lock),
             })
         return rows
 

@@ -77,8 +77,12 @@ def is_empty_repository(root: Path) -> bool:
     return not any((root / name).is_dir() for name in ENTITY_DIRECTORIES)
 
 
-def load_directory(root: Path) -> AccessRepository:
-    """Load and validate an access repository; a directory without entity folders is empty."""
+def load_directory(root: Path, label: str | None = None) -> AccessRepository:
+    """Load and validate an access repository; a directory without entity folders is empty.
+
+    ``label`` names the side in error messages (a revision such as ``main (5b732f55aea8)``);
+    by default the directory is named.
+    """
     if is_empty_repository(root):
         return AccessRepository(root=root)
 
@@ -87,9 +91,9 @@ def load_directory(root: Path) -> AccessRepository:
     try:
         return load_repository(root)
     except AccessInvalid as error:
-        problems = getattr(error, "problems", []) or [error]
-        listed = "\n".join(f"  {problem}" for problem in problems[:20])
-        more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""
+        errors = [problem for problem in error.problems if problem.is_error]
+        listed = "\n".join(f"  {problem.location()}: {problem.message}" for problem in errors[:20])
+        more = f"\n  … and {len(errors) - 20} more" if len(errors) > 20 else ""
         raise RevisionError(
-            f"the access repository in {root} is not valid; run 'doorlock validate' on it:\n{listed}{more}"
+            f"the access repository at {label or root} has errors; run 'doorlock validate' on it:\n{listed}{more}"
         ) from None

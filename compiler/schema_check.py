@@ -22,9 +22,16 @@ from jsonschema.exceptions import ValidationError
 
 from compiler.yaml_loader import LoadedYaml, Mark
 
-# NOTE: the schemas are read from the source tree next to the package, which works for
-# checkouts and editable installs. A wheel would need to ship them as package data.
-SCHEMA_DIRECTORY = Path(__file__).resolve().parent.parent / "schemas"
+
+def _schema_directory() -> Path:
+    """Return where the schemas are: inside the package when installed from a wheel
+    (pyproject.toml maps ``schemas/`` to ``compiler/schemas``), next to it in a checkout."""
+    package = Path(__file__).resolve().parent
+    installed = package / "schemas"
+    return installed if installed.is_dir() else package.parent / "schemas"
+
+
+SCHEMA_DIRECTORY = _schema_directory()
 KINDS = ("person", "group", "lock", "schedule")
 
 _TYPE_NAMES = {

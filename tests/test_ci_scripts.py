@@ -255,6 +255,119 @@ def test_scripts_are_executable():
         assert os.stat(script).st_mode & stat.S_IXUSR, script
 
 
+# -- compile-and-publish to a remote host (rsync over SSH) ----------------------------------------------
+
+FAKE_SSH = """#!/bin/sh
+# Stands in for ssh to the bundle host: logs the arguments and the agent socket, then runs the
+# remote command (rsync's server side, mkdir, doorlock publish) on this machine with real rsync.
+for arg in "$@"; do printf 'arg %s\\n' "$arg" >> {log}; done
+printf 'agent %s\\n--\\n' "${{SSH_AUTH_SOCK:-none}}" >> {log}
+while [ $# -gt 0 ]; do
+    case $1 in
+        -o|-l|-p|-i) shift 2 ;;
+        -*) shift ;;
+        *) break ;;
+    esac
+done
+shift
+exec sh -c "$*"
+"""
+
+
+@pytest.fixture
+def remote(tmp_path, doorlock_command) -> dict:
+    """A "remote" bundle host reached through a stand-in ssh; rsync and doorlock publish are real."""
+    bin_directory = tmp_path / "ssh-bin"
+    bin_directory.mkdir()
+    log = tmp_path / "ssh.log"
+    ssh = bin_directory / "ssh"
+    ssh.write_text(FAKE_SSH.format(log=log))
+    ssh.chmod(0o755)
+    www = tmp_path / "host-www"
+    return {
+        "www": www,
+        "log": log,
+        "env": {
+            "PATH": f"{bin_directory}:{doorlock_command.parent}:/usr/bin:/bin",
+            "DOORLOCK_PUBLISH_TO": f"deploy@bundles.test:{www}",
+            "DOORLOCK_SSH_KNOWN_HOSTS": "bundles.test ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleOnlyNotARealHostKey",
+            "DOORLOCK_REMOTE_DOORLOCK": str(doorlock_command),
+        },
+    }
+
+
+def publish_remote(repo: Path, doorlock: Path, keys: dict[str, Path], remote: dict, now: str, **env: str):
+    return run_script(COMPILE_AND_PUBLISH, repo, doorlock, DOORLOCK_SIGNING_KEY=keys["signing"].read_text(),
+                      DOORLOCK_NOW=now, **{**remote["env"], **env})
+
+
+def test_remote_first_publish_over_rsync(repo, doorlock_command, keys, remote, tmp_path):
+    result = publish_remote(repo, doorlock_command, keys, remote, "2026-12-04T20:00:00Z")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "this is the first publish" in result.stdout
+    assert sorted(live_manifest(remote["www"])["bundles"]) == ["front-door", "workshop"]
+    assert list((remote["www"] / ".incoming").iterdir()) == [], "the uploaded build was not removed"
+    log = remote["log"].read_text()
+    assert "arg StrictHostKeyChecking=yes" in log
+    assert "arg BatchMode=yes" in log
+    assert "bundles.test" in log
+    assert "arg --server" in log  # the build travelled through rsync
+    assert "publish" in log  # and doorlock publish swapped it in on the host
+
+
+def test_remote_publish_continues_from_live_release(repo, doorlock_command, keys, remote):
+    assert publish_remote(repo, doorlock_command, keys, remote, "2026-12-04T20:00:00Z").returncode == 0
+    before = live_manifest(remote["www"])["bundles"]
+    front_door = (remote["www"] / "current" / "bundles" / "front-door.json").read_bytes()
+
+    write_access(repo, {"people/bob.yaml": BASE_FILES["people/bob.yaml"].replace(
+        "groups: [members]", "groups: [members, workshop]")})
+    git_commit(repo, "bob joins the workshop")
+    result = publish_remote(repo, doorlock_command, keys, remote, "2026-12-04T21:00:00Z")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "first publish" not in result.stdout
+    after = live_manifest(remote["www"])["bundles"]
+    assert after["workshop"]["version"] > before["workshop"]["version"]
+    assert after["front-door"] == before["front-door"]
+    assert (remote["www"] / "current" / "bundles" / "front-door.json").read_bytes() == front_door
+
+
+def test_remote_ssh_key_only_in_a_private_agent(repo, doorlock_command, keys, remote, tmp_path):
+    key = tmp_path / "deploy_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "deploy", "-f", str(key)], check=True)
+    secret = key.read_text()
+    key.unlink()
+
+    result = publish_remote(repo, doorlock_command, keys, remote, "2026-12-04T20:00:00Z", DOORLOCK_SSH_KEY=secret)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert secret.splitlines()[1] not in result.stdout + result.stderr
+    sockets = {line.split(" ", 1)[1] for line in remote["log"].read_text().splitlines() if line.startswith("agent ")}
+    assert len(sockets) == 1 and sockets != {"none"}, sockets
+    socket = sockets.pop()
+    assert not Path(socket).exists(), "the agent's directory was not removed"
+    for status in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            assert socket.encode() not in status.read_bytes(), "ssh-agent still runs after the job"
+        except OSError:
+            continue
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert b"OPENSSH PRIVATE KEY" not in path.read_bytes(), path
+
+
+def test_remote_without_known_hosts_fails_before_upload(repo, doorlock_command, keys, remote):
+    env = {**remote["env"], "DOORLOCK_SSH_KNOWN_HOSTS": ""}
+    result = run_script(COMPILE_AND_PUBLISH, repo, doorlock_command, DOORLOCK_SIGNING_KEY=keys["signing"].read_text(),
+                        DOORLOCK_NOW="2026-12-04T20:00:00Z", **env)
+    assert result.returncode == 1
+    assert "DOORLOCK_SSH_KNOWN_HOSTS is not set" in result.stderr
+    assert not remote["www"].exists()
+    assert not remote["log"].exists()
+
+
 # -- workflow definitions ---------------------------------------------------------------------------
 
 
@@ -306,6 +419,7 @@ def test_pre_commit_hook_runs_validate(repo, doorlock_command):
     pattern = re.compile(hook["files"])
     assert pattern.search("people/alice.yaml")
     assert pattern.search("schedules/nested/late.yml")
+    assert pattern.search("certs/front-door.pem")  # validate checks certificate files too
     assert not pattern.search("README.md")
 
     write_access(repo, {"people/bob.yaml": BASE_FILES["people/bob.yaml"].replace(

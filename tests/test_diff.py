@@ -124,6 +124,32 @@ def test_same_hours_through_another_group_is_a_route_change(tmp_path):
     })
     assert kinds(diff, "people", "alice") == ["grant-route-changed"]
     assert "same hours" in diff["people"]["alice"][0]["text"]
+    assert diff["people"]["alice"][0]["text"] == (
+        "alice: workshop, same hours (Mon–Fri 09:00–18:00), other rules: "
+        "Mon–Fri 09:00–18:00 via workshop → Mon–Fri 09:00–18:00 via evening")
+
+
+def test_schedule_change_hidden_by_always(tmp_path):
+    # Carol opens the workshop always (keyholders), so longer workshop hours change nothing for
+    # her: no "hours changed" line that contradicts itself, only the rules behind them.
+    carol_in_workshop = edit("people/carol.yaml", "groups: [keyholders]", "groups: [keyholders, workshop]")
+    git_init(tmp_path)
+    write_access(tmp_path, carol_in_workshop)
+    git_commit(tmp_path, "base")
+    write_access(tmp_path, {**carol_in_workshop,
+                            **edit("schedules/workshop-hours.yaml", 'end: "18:00"', 'end: "22:00"')})
+    git_commit(tmp_path, "longer workshop hours")
+    code, output = run_diff(tmp_path, "HEAD~1", "HEAD", "--format", "json")
+    assert code == 0, output
+    diff = json.loads(output)
+
+    assert kinds(diff, "people", "alice") == ["schedule-changed"]
+    assert kinds(diff, "people", "carol") == ["grant-route-changed"]
+    text = diff["people"]["carol"][0]["text"]
+    assert text.startswith("carol: workshop, same hours (always), other rules: ")
+    assert "Mon–Fri 09:00–18:00 via workshop" in text.split(" → ")[0]
+    assert "Mon–Fri 09:00–22:00 via workshop" in text.split(" → ")[1]
+    assert "carol" not in diff["locks"]["workshop"][0]["text"]
 
 
 def test_closed_day_reported_once_per_schedule(tmp_path):
@@ -176,6 +202,13 @@ def test_person_added_with_grants_and_key(tmp_path):
     diff = diff_json(tmp_path, {"people/dave.yaml": "username: dave\nname: Dave\ngroups: [members]\n"
                                                     "keys:\n  - hwid: 04:d0:d0:d0:d0:d0:01\n"})
     assert kinds(diff, "people", "dave") == ["person-added", "grant-added", "key-added"]
+
+
+def test_person_added_shows_membership_start(tmp_path):
+    # Without the start date a reviewer would read "gains front-door" as access from today.
+    diff = diff_json(tmp_path, {"people/dave.yaml": "username: dave\nname: Dave\nvalid_from: 2027-01-01\n"
+                                                    "groups: [members]\n"})
+    assert diff["people"]["dave"][0]["text"] == "dave: new person (membership valid from 2027-01-01)"
 
 
 # -- locks -----------------------------------------------------------------------------------------
@@ -358,8 +391,14 @@ def test_invalid_side_names_file_and_problem(tmp_path):
 
     code, output = run_diff(tmp_path, "HEAD~1", "HEAD")
     assert code == 1
-    assert "not valid" in output
+    assert "has errors" in output
     assert "people/alice.yaml" in output
+    # The side is named by its revision, the problem as file:line:column, never as a Python
+    # object or the temporary directory it was exported to.
+    assert "the access repository at HEAD (" in output
+    assert "people/alice.yaml:" in output and "unknown group 'nosuchgroup'" in output
+    assert "Problem(" not in output
+    assert "doorlock-diff-" not in output
 
 
 def test_long_markdown_cut_with_notice(tmp_path):

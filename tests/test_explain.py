@@ -195,3 +195,17 @@ def test_cli_bad_time_is_a_clear_error(tmp_path):
                                        "--at", "next tuesday"])
     assert result.exit_code == 2
     assert "--at 'next tuesday' is not a valid time" in result.output
+
+
+def test_denial_names_disabled_or_expired(tmp_path):
+    # bob's membership runs until 2027-06-30; Wednesday 7 July 2027, 10:00 local, is after it.
+    # (His card's own validity is lifted, so that only the membership ends.)
+    card_without_end = {"people/bob.yaml": BASE_FILES["people/bob.yaml"].replace("    valid_until: 2027-03-31\n", "")}
+    expired = explain(load_repository(write_access(tmp_path / "a", card_without_end)), "front-door",
+                      at("2027-07-07T08:00"), username="bob")
+    assert expired.decision == "denied: bob is outside the membership validity"
+
+    disabled_files = {"people/bob.yaml": BASE_FILES["people/bob.yaml"].replace("groups:", "enabled: false\ngroups:")}
+    disabled = explain(load_repository(write_access(tmp_path / "b", disabled_files)), "front-door",
+                       at("2026-12-02T09:00"), username="bob")
+    assert disabled.decision == "denied: bob is disabled"

@@ -311,3 +311,50 @@ def test_large_matrix_falls_back_to_groups(tmp_path, monkeypatch):
     assert "too large for one page, so rows are groups" in page
     assert '<th scope="row">keyholders</th>' in page
     assert "people/alice.html" not in page
+
+
+def test_ended_membership_tagged(tmp_path):
+    # bob's membership runs until 2027-06-30: in August 2027 he is still in the YAML (and the
+    # report lists him), but "who can open it" must not read as if he still could.
+    repository = load_repository(write_access(tmp_path / "access"))
+    write_site(repository, tmp_path / "after", now=datetime(2027, 8, 1, tzinfo=timezone.utc))
+    lock_page = (tmp_path / "after" / "locks" / "front-door.html").read_text()
+    bob_row = lock_page[lock_page.index("people/bob.html"):].split("</li>")[0]
+    assert '<span class="tag">membership ended</span>' in bob_row
+    alice_row = lock_page[lock_page.index("people/alice.html"):].split("</li>")[0]
+    assert "membership" not in alice_row
+    assert "membership ended" in (tmp_path / "after" / "people" / "bob.html").read_text()
+
+    write_site(repository, tmp_path / "before", now=datetime(2026, 12, 4, tzinfo=timezone.utc))
+    assert "membership ended" not in (tmp_path / "before" / "locks" / "front-door.html").read_text()
+
+
+def test_future_membership_tagged(tmp_path):
+    repository = load_repository(write_access(tmp_path / "access", {
+        "people/dave.yaml": "username: dave\nname: Dave\nvalid_from: 2027-01-01\ngroups: [members]\n"}))
+    # 23:30 UTC on 31 December is already 1 January in Amsterdam, the lock's time zone.
+    write_site(repository, tmp_path / "site", now=datetime(2026, 12, 31, 22, 0, tzinfo=timezone.utc))
+    assert "membership not started yet" in (tmp_path / "site" / "locks" / "front-door.html").read_text()
+    write_site(repository, tmp_path / "site", now=datetime(2026, 12, 31, 23, 30, tzinfo=timezone.utc))
+    assert "membership not started yet" not in (tmp_path / "site" / "locks" / "front-door.html").read_text()
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("stats.db", b"not a database, just text\n", "statistics database"),
+    ("stats.json", json.dumps({"unknown_keys": [{"hwid": UNKNOWN_CARD}]}).encode(),
+     "unknown_keys[0] needs 'lock' as text"),
+    ("stats.json", json.dumps({"last_seen": [{"lock": "workshop", "hwid": ALICE_KEY, "window_start": "yesterday",
+                                              "window_end": "2026-12-04T10:00:00Z"}]}).encode(),
+     "window_start 'yesterday' is not a UTC time"),
+    ("stats.json", json.dumps({"locks": {"front-door": {}}}).encode(), "locks must be a list"),
+])
+def test_unreadable_stats_rejected_cleanly(tmp_path, name, content, message):
+    access = write_access(tmp_path / "access")
+    (tmp_path / name).write_bytes(content)
+    result = CliRunner().invoke(main, ["report", str(access), "--out", str(tmp_path / "site"),
+                                       "--stats", str(tmp_path / name)])
+    assert result.exit_code == 1
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert message in result.output
+    assert name in result.output
+    assert not (tmp_path / "site").exists()
