@@ -434,6 +434,11 @@ def _compile(
 
         published = previous.bundle_version(name) if previous is not None else 0
         version = max(published + 1, now)
+        if version > bundle_format.MAX_INTEGER:
+            raise BuildError(
+                f"lock {name}: the published bundle has version {published}, so the next one would be above "
+                "2**63-1, which locks reject. Check the previous manifest for a forged or mistyped version"
+            )
         if version <= published:
             raise BuildError(
                 f"lock {name}: the published bundle has version {published}, not lower than {version}; "

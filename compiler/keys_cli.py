@@ -13,11 +13,12 @@ from pathlib import Path
 import click
 
 from compiler import signing
-from lockclient.bundle import format_time
+from lockclient.bundle import MAX_INTEGER, format_time
 from lockclient.dsse import key_id
 from lockclient.storage import atomic_write
 
 DEFAULT_SIGNERS_DAYS = 365
+MAX_SIGNERS_DAYS = 3650
 
 
 @click.command("keygen")
@@ -75,7 +76,9 @@ def _choose_version(version: int | None, previous_file: Path | None) -> int:
     if version is None:
         if previous is None:
             raise click.UsageError("give --version N, or --previous-file FILE to use the previous version + 1")
-        return previous + 1
+        version = previous + 1
+    if version > MAX_INTEGER:
+        raise click.BadParameter(f"version {version} is above 2**63-1, which locks reject", param_hint="--version")
     if previous is not None and version <= previous:
         raise click.ClickException(
             f"--version {version} is not higher than version {previous} in {previous_file}; "
@@ -96,7 +99,8 @@ def _choose_version(version: int | None, previous_file: Path | None) -> int:
                    "Default: the version in --previous-file plus 1.")
 @click.option("--previous-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The signers document currently published, to continue its version.")
-@click.option("--expires-days", type=click.IntRange(min=1), default=DEFAULT_SIGNERS_DAYS, show_default=True,
+@click.option("--expires-days", type=click.IntRange(min=1, max=MAX_SIGNERS_DAYS), default=DEFAULT_SIGNERS_DAYS,
+              show_default=True,
               help="Days until the document expires; locks then accept no bundle until a new one arrives.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="File to write, e.g. ACCESS/signers.json.")
@@ -117,6 +121,11 @@ def sign(root_path: str, signer_paths: tuple[str, ...], version: int | None, pre
         raise click.ClickException("the root key must not sign bundles itself; list separate signing keys")
 
     expires_at = issued_at + expires_days * 86400
+    try:
+        format_time(expires_at)
+    except (ValueError, OverflowError):
+        raise click.BadParameter(f"the document would expire after the year 9999; check --now {now}",
+                                 param_hint="--now") from None
     document = signing.build_signers_document(root_key, listed, chosen_version, issued_at, expires_at)
     try:
         atomic_write(out_path, document)

@@ -222,7 +222,7 @@ def read_signers_document(data: bytes, shown: str) -> SignersSummary:
     if envelope.payload_type != bundle.SIGNERS_PAYLOAD_TYPE:
         raise KeyFileError(f"{shown} has payload type {envelope.payload_type!r}, not a signers document")
     try:
-        payload = json.loads(envelope.payload)
+        payload = dsse.parse_strict_json(envelope.payload, "signed payload")
         version = payload["version"]
         issued_at = bundle.parse_time(payload["issued_at"], "issued_at")
         expires_at = bundle.parse_time(payload["expires_at"], "expires_at")

@@ -15,13 +15,17 @@ own exception (one per attack the lock must withstand):
 
 The signers document goes through the same steps against the pinned root keys. Verification
 functions return the verified object or raise; there is no boolean path around them.
+
+JSON is parsed strictly (:func:`lockclient.dsse.parse_strict_json`): no duplicate fields, no
+``NaN``, UTF-8 only, versions and instants within a signed 64-bit integer. The stored version
+of step 7 stops counting once the key that signed it is no longer listed, so a huge version
+signed with a stolen key cannot block genuine bundles after the key is revoked.
 """
 
 from __future__ import annotations
 
 import bisect
 import hashlib
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -45,6 +49,10 @@ SIGNERS_FORMAT = 1
 # About 200 bytes per key and interval list in the worst case: 32 MiB holds well over
 # 100,000 keys. Anything larger is refused before it is parsed.
 MAX_ENVELOPE_BYTES = 32 * 1024 * 1024
+
+# Versions and instants must fit a signed 64-bit integer, so that a lock written in another
+# language reads the same number as this one.
+MAX_INTEGER = 2**63 - 1
 
 
 class BundleError(Exception):
@@ -103,10 +111,15 @@ def format_time(seconds: int | float) -> str:
 
 @dataclass(frozen=True)
 class TrustedState:
-    """What the lock remembers of the last document it accepted: its version and hash."""
+    """The version and hash of the last document the lock accepted, the reference against rollback.
+
+    ``signed_by`` is the key id that signed the remembered bundle (None when unknown, and for a
+    signers document). :func:`verify_bundle` ignores the reference once that key is no longer listed.
+    """
 
     version: int
     sha256: str
+    signed_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -162,7 +175,8 @@ def _open_envelope(data: bytes, payload_type: str, trusted: dict[str, Ed25519Pub
     except dsse.EnvelopeError as error:
         raise MalformedError(str(error)) from None
     if envelope.payload_type != payload_type:
-        raise WrongPayloadTypeError(f"payload type is {envelope.payload_type!r}, expected {payload_type!r}")
+        # Cut to 100 characters: the field is unauthenticated and ends up in the log.
+        raise WrongPayloadTypeError(f"payload type is {envelope.payload_type[:100]!r}, expected {payload_type!r}")
     try:
         signed_by = dsse.verify_envelope_signature(envelope, trusted)
     except dsse.UnknownSignerError as error:
@@ -170,9 +184,9 @@ def _open_envelope(data: bytes, payload_type: str, trusted: dict[str, Ed25519Pub
     except dsse.BadSignatureError as error:
         raise BadSignatureError(str(error)) from None
     try:
-        payload = json.loads(envelope.payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MalformedError(f"signed payload is not JSON: {error}") from None
+        payload = dsse.parse_strict_json(envelope.payload, "signed payload")
+    except dsse.EnvelopeError as error:
+        raise MalformedError(str(error)) from None
     if not isinstance(payload, dict):
         raise MalformedError("signed payload must be a JSON object")
     return payload, signed_by
@@ -197,6 +211,23 @@ def _require(payload: dict, name: str, kind: type | tuple[type, ...]):
     return value
 
 
+def _require_version(payload: dict) -> int:
+    version = _require(payload, "version", int)
+    if not 0 <= version <= MAX_INTEGER:
+        raise MalformedError(f"payload field version {version} is outside 0 to 2**63-1")
+    return version
+
+
+def _validity(payload: dict) -> tuple[int, int]:
+    issued_at = parse_time(payload.get("issued_at"), "issued_at")
+    expires_at = parse_time(payload.get("expires_at"), "expires_at")
+    if expires_at <= issued_at:
+        raise MalformedError(
+            f"expires_at {format_time(expires_at)} is not after issued_at {format_time(issued_at)}"
+        )
+    return issued_at, expires_at
+
+
 def verify_signers(
     data: bytes,
     root_keys: dict[str, Ed25519PublicKey],
@@ -214,9 +245,8 @@ def verify_signers(
 
     if payload.get("format") != SIGNERS_FORMAT:
         raise MalformedError(f"signers format {payload.get('format')!r} is not supported (expected {SIGNERS_FORMAT})")
-    version = _require(payload, "version", int)
-    issued_at = parse_time(payload.get("issued_at"), "issued_at")
-    expires_at = parse_time(payload.get("expires_at"), "expires_at")
+    version = _require_version(payload)
+    issued_at, expires_at = _validity(payload)
     entries = _require(payload, "signers", list)
     keys: dict[str, Ed25519PublicKey] = {}
     for entry in entries:
@@ -246,13 +276,33 @@ def _parse_intervals(raw: object) -> list[list[int]]:
             raise MalformedError(f"interval list {position} must hold an even number of instants")
         previous = None
         for instant in bounds:
-            if not isinstance(instant, int) or isinstance(instant, bool):
-                raise MalformedError(f"interval list {position} holds a non-integer instant")
+            if not isinstance(instant, int) or isinstance(instant, bool) or not 0 <= instant <= MAX_INTEGER:
+                raise MalformedError(f"interval list {position} holds {instant!r}, not an instant in Unix seconds")
             if previous is not None and instant <= previous:
                 raise MalformedError(f"interval list {position} is not strictly increasing")
             previous = instant
         lists.append(bounds)
     return lists
+
+
+def _parse_settings(raw: object) -> dict:
+    """Check the types of the settings the lock reads; absent settings take their defaults."""
+    if not isinstance(raw, dict):
+        raise MalformedError("payload field settings must be an object")
+    zone = raw.get("timezone")
+    if zone is not None and not isinstance(zone, str):
+        raise MalformedError(f"settings.timezone must be a string, got {zone!r}")
+    unlock = raw.get("unlock_seconds", 5)
+    # The comparison also rejects NaN and infinity, should they ever get past the JSON parser.
+    if isinstance(unlock, bool) or not isinstance(unlock, (int, float)) or not 0 < unlock <= 3600:
+        raise MalformedError(f"settings.unlock_seconds must be above 0 and at most 3600 seconds, got {unlock!r}")
+    precision = raw.get("last_seen_precision", 3600)
+    if isinstance(precision, bool) or not isinstance(precision, int) or not 0 < precision <= MAX_INTEGER:
+        raise MalformedError(f"settings.last_seen_precision must be a positive number of seconds, got {precision!r}")
+    lockdown = raw.get("lockdown", False)
+    if not isinstance(lockdown, bool):
+        raise MalformedError(f"settings.lockdown must be true or false, got {lockdown!r}")
+    return raw
 
 
 def _parse_key_map(raw: object, name: str, list_count: int) -> dict[str, int]:
@@ -284,13 +334,12 @@ def verify_bundle(
     if payload.get("format") != BUNDLE_FORMAT:
         raise MalformedError(f"bundle format {payload.get('format')!r} is not supported (expected {BUNDLE_FORMAT})")
     lock = _require(payload, "lock", str)
-    version = _require(payload, "version", int)
-    issued_at = parse_time(payload.get("issued_at"), "issued_at")
-    expires_at = parse_time(payload.get("expires_at"), "expires_at")
+    version = _require_version(payload)
+    issued_at, expires_at = _validity(payload)
     source_commit = payload.get("source_commit")
     if source_commit is not None and not isinstance(source_commit, str):
         raise MalformedError("payload field source_commit must be a string or null")
-    settings = _require(payload, "settings", dict)
+    settings = _parse_settings(payload.get("settings"))
     intervals = _parse_intervals(payload.get("intervals"))
     keys = _parse_key_map(payload.get("keys"), "keys", len(intervals))
     office_mode = _parse_key_map(payload.get("office_mode", {}), "office_mode", len(intervals))
@@ -300,7 +349,15 @@ def verify_bundle(
 
     if lock != lock_name:
         raise WrongLockError(f"bundle is for lock {lock!r}, this lock is {lock_name!r}")
+    # A stored version set by a bundle whose signing key the root has since removed from the
+    # signers document does not bind: whoever stole that key may have signed a huge version so
+    # that every genuine bundle looks like a rollback. A bundle by a listed key replaces it.
+    if previous is not None and previous.signed_by is not None and previous.signed_by not in signers.keys:
+        previous = None
     _check_rollback("bundle", version, digest, previous)
+    # NOTE: issued_at is not compared with ``now``. A bundle forged with a stolen key and an issue
+    # time in the future moves the lock's clock floor (lockclient.clock) forward, and revoking
+    # the key does not undo that: docs/keys.md describes the on-site reset.
     if not allow_expired and now >= expires_at:
         raise ExpiredError(f"bundle version {version} expired at {format_time(expires_at)}")
 

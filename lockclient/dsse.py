@@ -18,6 +18,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 
+# Bundles carry one signature; a few more leave room for signing with two keys during a rotation.
+MAX_SIGNATURES = 8
+
+
 class EnvelopeError(ValueError):
     """The bytes are not a well-formed DSSE envelope."""
 
@@ -64,17 +68,53 @@ def _b64decode(value: object, field: str) -> bytes:
     return decoded
 
 
+def _reject_duplicate_fields(pairs: list[tuple[str, object]]) -> dict:
+    document: dict = {}
+    for name, value in pairs:
+        if name in document:
+            raise EnvelopeError(f"JSON object has the field {name!r} more than once")
+        document[name] = value
+    return document
+
+
+def _reject_constant(name: str) -> object:
+    raise EnvelopeError(f"JSON number {name} is not allowed")
+
+
+def parse_strict_json(data: bytes, shown: str) -> object:
+    """Parse UTF-8 JSON so that every parser would read the same document, or raise EnvelopeError.
+
+    Python's :func:`json.loads` keeps the last of duplicate fields where some other parsers keep
+    the first, accepts ``NaN`` and ``Infinity``, and guesses UTF-16 or UTF-32 from the bytes.
+    Each of these would let one signed text mean two things, so each is rejected here. Numbers over 4,300
+    digits and nesting deeper than the interpreter's recursion limit raise in the parser and
+    are reported as malformed too.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise EnvelopeError(f"{shown} is not UTF-8: {error}") from None
+    try:
+        return json.loads(text, object_pairs_hook=_reject_duplicate_fields, parse_constant=_reject_constant)
+    except EnvelopeError as error:
+        raise EnvelopeError(f"{shown}: {error}") from None
+    except json.JSONDecodeError as error:
+        raise EnvelopeError(f"{shown} is not JSON: {error}") from None
+    except ValueError:  # int() refuses integers of more than 4,300 digits (sys.get_int_max_str_digits)
+        raise EnvelopeError(f"{shown} holds an integer with too many digits") from None
+    except RecursionError:
+        raise EnvelopeError(f"{shown} nests JSON arrays or objects too deeply") from None
+
+
 def parse_envelope(data: bytes) -> Envelope:
     """Parse envelope bytes strictly: exactly the DSSE fields, each of the right type."""
-    try:
-        document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise EnvelopeError(f"envelope is not JSON: {error}") from None
+    document = parse_strict_json(data, "envelope")
     if not isinstance(document, dict):
         raise EnvelopeError("envelope must be a JSON object")
     unexpected = set(document) - {"payloadType", "payload", "signatures"}
     if unexpected:
-        raise EnvelopeError(f"envelope has unexpected fields: {sorted(unexpected)}")
+        shown = ", ".join(repr(name[:40]) for name in sorted(unexpected)[:5])
+        raise EnvelopeError(f"envelope has {len(unexpected)} unexpected field(s): {shown}")
 
     payload_type = document.get("payloadType")
     if not isinstance(payload_type, str):
@@ -84,6 +124,10 @@ def parse_envelope(data: bytes) -> Envelope:
     raw_signatures = document.get("signatures")
     if not isinstance(raw_signatures, list) or not raw_signatures:
         raise EnvelopeError("envelope field signatures must be a non-empty list")
+    if len(raw_signatures) > MAX_SIGNATURES:
+        # Each signature under a trusted key id costs a verification: cap the work an
+        # unauthenticated envelope can cause.
+        raise EnvelopeError(f"envelope has {len(raw_signatures)} signatures, more than the {MAX_SIGNATURES} accepted")
     signatures = []
     for entry in raw_signatures:
         if not isinstance(entry, dict) or set(entry) - {"keyid", "sig"}:

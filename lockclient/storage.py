@@ -192,6 +192,8 @@ class Storage:
             entry["version"] = stored.document.version
             entry["sha256"] = stored.document.sha256
             entry.pop("etag", None)
+            if isinstance(stored.document, Bundle):
+                entry["signed_by"] = stored.document.signed_by
 
     # -- what the verifier needs -------------------------------------------------------------
 
@@ -199,7 +201,8 @@ class Storage:
         """Return the rollback reference for ``kind`` ("bundle" or "signers")."""
         entry = self.state.get(kind) or {}
         if isinstance(entry.get("version"), int) and isinstance(entry.get("sha256"), str):
-            return TrustedState(entry["version"], entry["sha256"])
+            signed_by = entry.get("signed_by")
+            return TrustedState(entry["version"], entry["sha256"], signed_by if isinstance(signed_by, str) else None)
         return None
 
     def etag(self, kind: str) -> str | None:
@@ -231,7 +234,8 @@ class Storage:
             atomic_write(self.directory / PREVIOUS_BUNDLE_FILE, self.bundle.data)
         atomic_write(self.directory / BUNDLE_FILE, data)
         self.bundle = StoredDocument(data, bundle)
-        self.state["bundle"] = {"version": bundle.version, "sha256": bundle.sha256, "etag": etag}
+        self.state["bundle"] = {"version": bundle.version, "sha256": bundle.sha256, "etag": etag,
+                                "signed_by": bundle.signed_by}
         self.save_state()
 
     def save_state(self) -> None:

@@ -154,3 +154,127 @@ def test_noncanonical_base64_signature_rejected(trust, envelope):
     document["signatures"][0]["sig"] = sig[: len(sig.rstrip("=")) - 1] + alphabet[alphabet.index(last) ^ 1] + "=="
     with pytest.raises(MalformedError):
         verify_bundle(signing.encode_json(document), trust.verified_signers(), "front-door", None, NOW)
+
+
+# --- JSON that two parsers could read differently, or that breaks the parser ---------------
+
+
+def _signed_payload(trust, payload_text: str) -> bytes:
+    return signing.sign_envelope(bundle_format.BUNDLE_PAYLOAD_TYPE, payload_text.encode("utf-8"), trust.signer)
+
+
+def _payload_text(build, **changes) -> str:
+    import base64, json
+    payload = json.loads(base64.b64decode(json.loads(build.bundles["front-door"].envelope)["payload"]))
+    payload.update(changes)
+    return json.dumps(payload, separators=(",", ":"))
+
+
+def test_duplicate_field_in_signed_payload_rejected(trust, build):
+    # Python keeps the last "lock", other parsers the first: the same signed bytes must not
+    # name two different locks.
+    text = _payload_text(build).replace('"lock":"front-door"', '"lock":"workshop","lock":"front-door"')
+    with pytest.raises(MalformedError, match="more than once"):
+        verify_bundle(_signed_payload(trust, text), trust.verified_signers(), "front-door", None, NOW)
+
+
+def test_duplicate_field_in_envelope_rejected(trust, envelope):
+    doubled = envelope.replace(b'{"payload":', b'{"payload":"e30=","payload":', 1)
+    with pytest.raises(MalformedError, match="more than once"):
+        verify_bundle(doubled, trust.verified_signers(), "front-door", None, NOW)
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_number_in_payload_rejected(trust, build, constant):
+    text = _payload_text(build).replace('"unlock_seconds":5', f'"unlock_seconds":{constant}')
+    assert constant in text
+    with pytest.raises(MalformedError):
+        verify_bundle(_signed_payload(trust, text), trust.verified_signers(), "front-door", None, NOW)
+
+
+@pytest.mark.parametrize("version", ["9" * 5000, str(2**63), "-1"])
+def test_out_of_range_version_rejected(trust, build, version):
+    text = _payload_text(build, version=0).replace('"version":0', f'"version":{version}')
+    with pytest.raises(MalformedError):
+        verify_bundle(_signed_payload(trust, text), trust.verified_signers(), "front-door", None, NOW)
+
+
+def test_deeply_nested_payload_rejected(trust, build):
+    text = _payload_text(build, source_commit=None).replace('"source_commit":null',
+                                                             '"source_commit":' + "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(MalformedError, match="too deeply"):
+        verify_bundle(_signed_payload(trust, text), trust.verified_signers(), "front-door", None, NOW)
+
+
+def test_deeply_nested_envelope_rejected(trust):
+    with pytest.raises(MalformedError, match="too deeply"):
+        verify_bundle(b"[" * 100_000 + b"]" * 100_000, trust.verified_signers(), "front-door", None, NOW)
+
+
+def test_utf16_envelope_rejected(trust, envelope):
+    # Python's json guesses UTF-16 from the bytes; the same envelope in another encoding is
+    # other bytes that must not verify.
+    with pytest.raises(MalformedError, match="UTF-8"):
+        verify_bundle(envelope.decode("ascii").encode("utf-16"), trust.verified_signers(), "front-door", None, NOW)
+
+
+def test_many_signatures_rejected(trust, envelope):
+    import json
+    document = json.loads(envelope)
+    document["signatures"] = document["signatures"] * 1000
+    with pytest.raises(MalformedError, match="signatures"):
+        verify_bundle(signing.encode_json(document), trust.verified_signers(), "front-door", None, NOW)
+
+
+@pytest.mark.parametrize("settings", [
+    {"unlock_seconds": "5"}, {"unlock_seconds": 0}, {"unlock_seconds": True}, {"unlock_seconds": 10**9},
+    {"last_seen_precision": 1.5}, {"last_seen_precision": 0}, {"lockdown": "no"}, {"lockdown": 1},
+    {"timezone": 7},
+])
+def test_settings_of_wrong_type_rejected(trust, build, settings):
+    import base64, json
+    payload = json.loads(base64.b64decode(json.loads(build.bundles["front-door"].envelope)["payload"]))
+    payload["settings"].update(settings)
+    with pytest.raises(MalformedError, match="settings"):
+        verify_bundle(_signed_payload(trust, json.dumps(payload)), trust.verified_signers(), "front-door", None, NOW)
+
+
+def test_expiry_before_issue_rejected(trust, build):
+    text = _payload_text(build, expires_at=bundle_format.format_time(NOW - 3600))
+    with pytest.raises(MalformedError, match="not after issued_at"):
+        verify_bundle(_signed_payload(trust, text), trust.verified_signers(), "front-door", None, NOW)
+
+
+# --- revocation of a stolen signing key ----------------------------------------------------
+
+
+def test_forged_version_of_revoked_key_does_not_block_genuine_bundle(trust, envelope):
+    # A thief signed a bundle with a huge version before the key was removed from the signers
+    # document. Once it is removed, that version no longer makes genuine bundles a rollback.
+    stolen = "f" * 64
+    stored = TrustedState(2**40, "0" * 64, signed_by=stolen)
+    verified = verify_bundle(envelope, trust.verified_signers(), "front-door", stored, NOW)
+    assert verified.version < 2**40
+
+
+def test_version_of_listed_key_still_binds(trust, envelope):
+    signers = trust.verified_signers()
+    listed = next(iter(signers.keys))
+    stored = TrustedState(2**40, "0" * 64, signed_by=listed)
+    with pytest.raises(RollbackError):
+        verify_bundle(envelope, signers, "front-door", stored, NOW)
+
+
+def test_storage_remembers_signer_of_accepted_bundle(tmp_path, trust, envelope):
+    from lockclient.storage import Storage
+
+    signers = trust.verified_signers()
+    verified = verify_bundle(envelope, signers, "front-door", None, NOW)
+    storage = Storage(tmp_path, "front-door", trust.root_keys)
+    storage.load(NOW)
+    storage.store_signers(trust.signers_document, signers, None)
+    storage.store_bundle(envelope, verified, None)
+
+    reloaded = Storage(tmp_path, "front-door", trust.root_keys)
+    reloaded.load(NOW)
+    assert reloaded.trusted("bundle") == TrustedState(verified.version, verified.sha256, verified.signed_by)

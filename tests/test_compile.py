@@ -89,7 +89,8 @@ always: true
 }
 
 SECRET_WORDS = ["alice", "Alice Jansen", "alice@example.org", "bob", "Bob de Vries", "bob@example.net",
-                "members", "night-owls", "blue key fob", "office card", "workshop-hours", "fire brigade"]
+                "members", "night-owls", "blue key fob", "office card", "workshop-hours", "fire brigade",
+                "Everyone with a membership", "Allowed at night", "Staffed workshop hours", "Open at all times"]
 
 
 def write_access(root: Path) -> Path:
@@ -188,6 +189,21 @@ def test_changed_access_gets_higher_version(setup):
     first, second = tree_bytes(tmp_path / "first"), tree_bytes(tmp_path / "second")
     assert payload_of(second["bundles/back-gate.json"])["version"] == NOW + 60
     assert second["bundles/main-entrance.json"] == first["bundles/main-entrance.json"]
+
+
+def test_version_above_int64_not_produced(setup):
+    tmp_path, access, key, _ = setup
+    run_compile(str(access), "--key", str(key), "--out", str(tmp_path / "first"), "--now", iso(NOW))
+    manifest_path = tmp_path / "first" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["bundles"]["back-gate"]["version"] = 2**63 - 1
+    manifest_path.write_text(json.dumps(manifest))
+    (access / "people" / "bob.yaml").unlink()
+    result = run_compile(str(access), "--key", str(key), "--out", str(tmp_path / "second"),
+                         "--previous", str(tmp_path / "first"), "--now", iso(NOW + 60))
+    assert result.exit_code == 1
+    assert "above 2**63-1" in result.output
+    assert not (tmp_path / "second").exists()
 
 
 def test_version_increases_even_when_clock_goes_back(setup):
@@ -367,6 +383,26 @@ def test_identical_interval_lists_shared():
     # Alice (workshop hours) and Bob (always) differ; a second always-key would share Bob's list.
     assert len(front.intervals) == len(set(map(tuple, front.intervals)))
     assert len(front.intervals) == len(set(front.keys.values()) | set(front.office_mode.values()))
+
+
+def test_keys_with_equal_intervals_share_one_list():
+    from dataclasses import replace
+    from compiler.model import AccessRule, Group, Key, Person
+
+    repository = small_repository()
+    # Carol is in Bob's group; Dan reaches the same lock and schedule through another group, so
+    # his list is computed separately but equal in value. Both must point at Bob's list.
+    repository.people["carol"] = Person("carol", "Carol", groups=("staff",), keys=(Key("04:c0:c0:c0:c0:c0:01"),))
+    repository.groups["porters"] = Group("porters", access=(AccessRule(("front-door",), "always"),))
+    repository.people["dan"] = Person("dan", "Dan", groups=("porters",), keys=(Key("04:d0:d0:d0:d0:d0:01"),))
+    build, bundles = compile_verified(repository, make_trust())
+    front = bundles["front-door"]
+
+    bob_list = front.keys["04:b0:b0:b0:b0:b0:01"]
+    assert front.keys["04:c0:c0:c0:c0:c0:01"] == bob_list
+    assert front.keys["04:d0:d0:d0:d0:d0:01"] == bob_list
+    assert front.office_mode["04:b0:b0:b0:b0:b0:01"] == bob_list
+    assert len(front.intervals) == len(set(map(tuple, front.intervals)))
 
 
 def test_disabled_lock_gets_no_bundle():
