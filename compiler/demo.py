@@ -292,6 +292,11 @@ class Deployment:
         manifest = json.loads((release / "manifest.json").read_text())
         return release, manifest["bundles"][FIRST_LOCK]["version"]
 
+    def published_bundles(self) -> dict[str, dict]:
+        """Return the live manifest's entry per lock (version, number of keys, expiry)."""
+        release = live_release(self.www)
+        return json.loads((release / "manifest.json").read_text())["bundles"]
+
     def start_receiver(self) -> None:
         """Start the statistics receiver: behind nginx (proxy mode) or with its own TLS port."""
         config = self.workdir / "receiver.toml"
@@ -534,8 +539,12 @@ def run_story(deployment: Deployment, say: Callable[[str], None]) -> dict:
     deployment.create_keys()
     say("   root key (pinned by the lock), signing key, root-signed signers document")
     release, version = deployment.compile_and_publish()
-    say(f"   compiled and published {release.name}: {FIRST_LOCK} bundle version {version} "
-        f"(versions are issue times in Unix seconds, so they only increase)")
+    say(f"   compiled and published {release.name} with a freshly generated signing key:")
+    for lock, entry in sorted(deployment.published_bundles().items()):
+        keys = entry["keys"]
+        say(f"     {lock}: admits {keys} key{'' if keys == 1 else 's'}, bundle version {entry['version']}, "
+            f"expires {entry['expires_at']}")
+    say("   (versions are issue times in Unix seconds, so they only increase)")
     if deployment.hosting == "nginx":
         deployment.start_receiver()
         deployment.start_hosting()
