@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 
 import click
 
+from lockclient.clock import BEHIND_TOLERANCE_SECONDS
 from lockclient.config import Config, ConfigError, load_config
 
 EXIT_DENIED = 1
@@ -42,14 +43,18 @@ def _storage(config: Config):
     return storage
 
 
-def _trusted_now(storage) -> float:
+def _trusted_clock(storage):
     from lockclient.clock import Clock
 
     clock = Clock(floor=storage.clock_floor)
     for stored in (storage.signers, storage.bundle):
         if stored is not None:
             clock.observe_verified(stored.document.issued_at)
-    return clock.now()
+    return clock
+
+
+def _trusted_now(storage) -> float:
+    return _trusted_clock(storage).now()
 
 
 def _parse_at(value: str) -> float:
@@ -59,9 +64,11 @@ def _parse_at(value: str) -> float:
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not a time; use ISO 8601 like 2026-12-04T18:30:00Z") from None
+        raise click.BadParameter(f"{value!r} is not a time; use ISO 8601 like 2026-12-04T18:30:00Z",
+                                 param_hint="--at") from None
     if parsed.tzinfo is None:
-        raise click.BadParameter(f"{value!r} has no time zone; add Z for UTC or an offset like +01:00")
+        raise click.BadParameter(f"{value!r} has no time zone; add Z for UTC or an offset like +01:00",
+                                 param_hint="--at")
     return parsed.timestamp()
 
 
@@ -111,7 +118,9 @@ def status(config_path: str, as_json: bool) -> None:
     from lockclient.spool import SPOOL_FILE
 
     storage = _storage(config)
+    clock = _trusted_clock(storage)
     bundle = storage.bundle.document if storage.bundle else None
+    expired = bundle.is_expired(clock.now()) if bundle else None
     spool_path = config.state_dir / SPOOL_FILE
     spool = _spool_sizes(spool_path) if spool_path.exists() else None
     report = {
@@ -120,19 +129,48 @@ def status(config_path: str, as_json: bool) -> None:
         "bundle_sha256": bundle.sha256 if bundle else None,
         "bundle_issued_at": format_time(bundle.issued_at) if bundle else None,
         "bundle_expires_at": format_time(bundle.expires_at) if bundle else None,
-        "bundle_expired": bundle.is_expired(_trusted_now(storage)) if bundle else None,
+        "bundle_expired": expired,
+        "expired_policy": config.expired_policy,
         "keys": len(bundle.keys) if bundle else None,
         "signers_version": storage.signers.document.version if storage.signers else None,
         "last_fetch": storage.state.get("last_fetch"),
         "last_rejected": storage.state.get("last_rejected"),
-        "clock_floor": format_time(storage.clock_floor) if storage.clock_floor else None,
+        "clock": format_time(clock.system_time()),
+        "clock_floor": format_time(clock.floor) if clock.floor else None,
+        "clock_behind_floor": clock.system_time() < clock.floor - BEHIND_TOLERANCE_SECONDS,
         "spool": spool,
+        "warnings": _warnings(config, bundle, expired, clock, spool),
     }
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     for name, value in report.items():
-        click.echo(f"{name:18} {_plain(value)}")
+        if name != "warnings":
+            click.echo(f"{name:18} {_plain(value)}")
+    for warning in report["warnings"]:
+        click.echo(f"WARNING: {warning}")
+
+
+def _warnings(config: Config, bundle, expired: bool | None, clock, spool: dict | None) -> list[str]:
+    """Return what an operator must act on, in plain sentences."""
+    from lockclient.bundle import format_time
+
+    warnings = []
+    if bundle is None:
+        warnings.append("no valid bundle is stored: every tap is denied until one is fetched")
+    elif expired and config.keep_expired:
+        warnings.append(f"bundle version {bundle.version} expired at {format_time(bundle.expires_at)} and is "
+                        "STILL USED for all keys (expired_policy = keep-last-bundle)")
+    elif expired:
+        warnings.append(f"bundle version {bundle.version} expired at {format_time(bundle.expires_at)}: "
+                        "only break-glass keys open")
+    if clock.system_time() < clock.floor - BEHIND_TOLERANCE_SECONDS:
+        warnings.append(f"the system clock is {int(clock.floor - clock.system_time())} s behind the clock floor; "
+                        "decisions use the floor (check NTP or the real-time clock)")
+    if spool and spool.get("rejected"):
+        warnings.append(f"the receiver rejected statistics for good ({spool['rejected']} items lost); the last "
+                        f"rejected batches are in table rejected_batches of {config.state_dir / 'spool.sqlite3'}")
+    return warnings
 
 
 def _plain(value) -> str:
@@ -153,8 +191,15 @@ def _spool_sizes(path) -> dict:
         for table in ("unknown_keys", "last_seen", "events"):
             sizes[table] = database.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
         sizes["outbox"] = database.execute("SELECT coalesce(sum(items), 0) FROM outbox").fetchone()[0]
-        row = database.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()
-        sizes["dropped"] = row[0] if row else 0
+        counters = dict(database.execute("SELECT name, value FROM counters").fetchall())
+        sizes["dropped"] = counters.get("dropped", 0)
+        sizes["rejected"] = counters.get("rejected", 0)
+        if database.execute("SELECT 1 FROM sqlite_master WHERE name = 'rejected_batches'").fetchone():
+            last = database.execute(
+                "SELECT batch_id, kind, status, error FROM rejected_batches ORDER BY at DESC, rowid DESC LIMIT 1"
+            ).fetchone()
+            if last is not None:
+                sizes["last_rejected_batch"] = f"{last[1]} batch {last[0]}: {last[2]} {last[3]}"
         return sizes
     except sqlite3.Error as error:
         return {"error": str(error)}

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,8 @@ from urllib.parse import urljoin, urlsplit
 from lockclient.device_config import DEVICE_TABLES, DeviceConfigError, DeviceSettings, parse_device
 
 EXPIRED_POLICIES = ("break-glass-only", "keep-last-bundle")
+# nfcpy's target notation: bit rate in kbit/s, then the technology letter.
+_TARGET = re.compile(r"(106|212|424|848)[ABF]")
 ACTUATOR_TYPES = ("log", "gpio")
 
 _TOP_LEVEL_KEYS = {
@@ -251,6 +254,12 @@ def _reader(table: _Table | None, source: Path) -> ReaderSettings:
     targets = table.data.get("targets", list(ReaderSettings.targets))
     if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
         raise table.error("targets", f"must be a list of nfcpy target types like [\"106A\", \"212F\"], got {targets!r}")
+    for position, target in enumerate(targets):
+        if not _TARGET.fullmatch(target):
+            raise table.error(
+                f"targets[{position}]", f"{target!r} is not an nfcpy target type; use a bit rate (106, 212, "
+                "424 or 848) and a technology letter (A, B or F), like \"106A\" or \"212F\"",
+            )
     return ReaderSettings(
         path=table.string("path"),
         targets=tuple(targets),

@@ -45,7 +45,7 @@ from lockclient.fetch import Backoff, FetchError, Fetcher, make_session
 from lockclient.hwid import is_random_uid
 from lockclient.push import Pusher, PushError
 from lockclient.reader import CardReader, TagRead, short_hwid
-from lockclient.spool import SPOOL_FILE, Spool
+from lockclient.spool import MAX_DETAIL, SPOOL_FILE, Spool
 from lockclient.storage import Storage
 from lockclient.systemd_notify import Notifier, Watchdog
 from lockclient.update import Rejection, Updater
@@ -101,6 +101,7 @@ class LockDaemon:
         self._threads: list[threading.Thread] = []
         self._expired_reported = False
         self._stall_reported = False
+        self._stall_message: str | None = None
         self._clock_behind = False
         self._update_turn = monotonic()
         self._door_bundle: Bundle | None = None
@@ -364,19 +365,24 @@ class LockDaemon:
                         result = "rejected"
                     if outcome.bundle_updated:
                         self._sync_door_bundle(self.bundle)
-                    self._report_health()
+                    self._report_health(outcome.rejections)
                 self.storage.state["last_fetch"] = {"at": format_time(self.clock.now()), "result": result}
                 self._persist_floor()
             self._wake_update.wait(delay)
             self._wake_update.clear()
 
-    def _report_health(self) -> None:
+    def _report_health(self, rejections=()) -> None:
         if self.health is None:
             return
+        bundle = self.bundle
         if not self.reader.healthy:
             self.health.fail(f"reader: {self.reader.last_error}")
-        elif self.bundle is None:
+        elif bundle is None:
             self.health.fail("no valid bundle")
+        elif bundle.is_expired(self.clock.now()):
+            self.health.fail(f"bundle version {bundle.version} expired at {format_time(bundle.expires_at)}")
+        elif rejections:
+            self.health.fail(f"bundle rejected: {rejections[-1].kind}: {rejections[-1].reason}")
         else:
             self.health.success(f"bundle version {self.bundle.version}")
 
@@ -406,7 +412,7 @@ class LockDaemon:
             backoff.reset()
             delay = self.config.push_interval
             if report.rejected:
-                log.error("receiver rejected statistics for good: %s", report.rejected)
+                log.warning("statistics items lost because the receiver rejected their batch: %s", report.rejected)
 
     def _watchdog_loop(self) -> None:
         while not self.stop_event.wait(1.0):
@@ -429,12 +435,19 @@ class LockDaemon:
         stalled_for = self.monotonic() - self.reader.last_turn
         limit = self.config.reader.watchdog_seconds
         if stalled_for <= limit:
-            self._stall_reported = False
+            if self._stall_reported:
+                self._stall_reported = False
+                log.warning("reader loop on %s turns again", self.config.reader.path)
+                if self.reader.last_error == self._stall_message:
+                    # Nothing else went wrong since: the stall was the only reason to be unhealthy.
+                    self.reader.healthy = True
+                    self.reader.last_error = None
             return
         if not self._stall_reported:
             self._stall_reported = True
             self.reader.healthy = False
-            self.reader.last_error = f"reader loop has not turned for {stalled_for:.0f} s"
+            self._stall_message = f"reader loop has not turned for {stalled_for:.0f} s"
+            self.reader.last_error = self._stall_message
             log.critical("reader loop on %s has not turned for %.0f s", self.config.reader.path, stalled_for)
             self._event("reader-stalled", self.clock.now(), self.reader.last_error)
         if stalled_for > 2 * limit:
@@ -478,11 +491,19 @@ class LockDaemon:
             "uptime": int(self.monotonic() - self.started),
             "reader": {
                 "healthy": bool(reader and reader.healthy),
-                "last_error": reader.last_error if reader else None,
+                "last_error": _capped(reader.last_error) if reader else None,
             },
             "last_rejected_bundle": (
-                {"at": rejected["at"], "reason": f"{rejected['kind']}: {rejected['reason']}: {rejected['message']}",
+                {"at": rejected["at"],
+                 "reason": _capped(f"{rejected['kind']}: {rejected['reason']}: {rejected['message']}"),
                  "version": rejected.get("version")}
                 if isinstance(rejected, dict) else None
             ),
         }
+
+
+def _capped(text: str | None) -> str | None:
+    """Shorten a text to what the receiver's status schema accepts."""
+    if text is None or len(text) <= MAX_DETAIL:
+        return text
+    return text[:MAX_DETAIL - 1] + "…"

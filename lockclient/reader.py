@@ -7,7 +7,11 @@ Failure modes it survives (observed with nfcpy 1.0.4 on PN532 and RC-S380 reader
   reopened;
 - ``TagCommandError`` / ``CommunicationError`` while activating or reading a tag: logged, the
   loop goes on;
-- SIGTERM/SIGINT: the daemon sets the stop event; the reader is closed in ``finally``;
+- SIGTERM/SIGINT: the daemon sets the stop event; the reader is closed in ``finally``. nfcpy
+  consults the ``terminate`` callback of ``connect()`` only between sense rounds, and a round
+  senses every target ``iterations`` times, each target up to the driver's timeout (1 s on the
+  udp driver when no card answers). So each ``connect()`` here senses a single technology once
+  and ``terminate`` ends it right after: a stop waits for at most one sense;
 - the same card reported many times a second (``on-connect`` returns False, so nfcpy reports
   a resting card again on every poll): a UID triggers again only after it has been away for
   ``debounce_seconds``;
@@ -28,10 +32,8 @@ from lockclient.hwid import format_hwid
 
 log = logging.getLogger(__name__)
 
-# nfcpy senses this many times between calls of the terminate callback, with this pause
-# between sense cycles: the stop event and the heartbeat are checked at least every ~0.5 s
-# plus the sense time.
-SENSE_ITERATIONS = 2
+# Pause after a round through all targets that found no card, so that an idle reader does not
+# keep the RF field busy. A stop interrupts the pause.
 SENSE_INTERVAL = 0.2
 
 # After a tag was reported, wait this long before polling again, so a card resting on the
@@ -94,6 +96,7 @@ class CardReader:
         self.targets = list(targets)
         self.debounce_seconds = debounce_seconds
         self.backoff = Backoff(reopen_initial, reopen_max)
+        self._unsupported: set[str] = set()
         self.frontend_factory = frontend_factory or _nfcpy_frontend
         self.monotonic = monotonic
         self.last_turn = monotonic()
@@ -124,8 +127,15 @@ class CardReader:
                 break
             delay = self.backoff.next_delay()
             log.warning("reopening reader %s in %.1f s (attempt %d)", self.path, delay, self.backoff.failures)
-            stop.wait(delay)
+            self._wait(stop, delay)
         log.info("reader loop stopped")
+
+    def _wait(self, stop: threading.Event, delay: float) -> None:
+        """Wait out a reopen delay; the loop is alive meanwhile, so the heartbeat goes on."""
+        deadline = self.monotonic() + delay
+        while not stop.is_set() and (remaining := deadline - self.monotonic()) > 0:
+            stop.wait(min(remaining, 1.0))
+            self.beat()
 
     def _open(self):
         frontend = self.frontend_factory()
@@ -142,31 +152,74 @@ class CardReader:
         import nfc.clf
         import nfc.tag
 
-        options = {
-            "targets": self.targets,
-            "on-connect": self._on_connect,
-            "iterations": SENSE_ITERATIONS,
-            "interval": SENSE_INTERVAL,
-            "beep-on-connect": False,
-        }
-
-        def terminate() -> bool:
-            self.beat()
-            return stop.is_set()
-
+        position = 0
         while not stop.is_set():
+            targets = [target for target in self.targets if target not in self._unsupported]
+            if not targets:
+                raise OSError(f"the reader supports none of the configured targets {', '.join(self.targets)}")
+            target = targets[position % len(targets)]
             try:
-                result = frontend.connect(rdwr=options, terminate=terminate)
+                result = frontend.connect(rdwr=self._options(target), terminate=self._one_round(stop))
             except (nfc.tag.TagCommandError, nfc.clf.CommunicationError) as error:
                 # Activation of a half-present card failed; the reader itself is fine.
                 log.info("tag activation failed: %s", error)
                 continue
             self.beat()
             if result is False:
+                if self._unsupported_target(frontend, target):
+                    continue
                 self._fail("connect() returned False (reader I/O error)")
                 return
             if result is not None and result is not True:
+                # A card answered: sense the same technology next, so a resting card is seen
+                # again at once and stays debounced.
                 stop.wait(PAUSE_AFTER_TAG)
+                continue
+            position += 1
+            if position % len(targets) == 0:
+                stop.wait(SENSE_INTERVAL)
+
+    def _options(self, target: str) -> dict:
+        return {
+            "targets": [target],
+            "on-connect": self._on_connect,
+            "iterations": 1,
+            "beep-on-connect": False,
+        }
+
+    def _one_round(self, stop: threading.Event) -> Callable[[], bool]:
+        """Return a terminate callback that lets ``connect()`` sense once, or not at all after a stop.
+
+        nfcpy calls it before each sense round and after a round that found nothing.
+        """
+        calls = 0
+
+        def terminate() -> bool:
+            nonlocal calls
+            calls += 1
+            self.beat()
+            return stop.is_set() or calls > 1
+
+        return terminate
+
+    def _unsupported_target(self, frontend, target: str) -> bool:
+        """Tell whether ``connect()`` returned False because the driver cannot sense ``target``.
+
+        With a single target nfcpy reports an unsupported technology the same way as an I/O
+        error; sensing it directly tells them apart.
+        """
+        import nfc.clf
+
+        try:
+            frontend.sense(nfc.clf.RemoteTarget(target), iterations=1)
+        except nfc.clf.UnsupportedTargetError:
+            log.warning("reader %s cannot sense %s targets; polling the other configured targets only",
+                        self.path, target)
+            self._unsupported.add(target)
+            return True
+        except Exception:  # the I/O error shows up here too: the caller reopens the reader
+            return False
+        return False
 
     def _on_connect(self, tag) -> bool:
         import nfc.clf
@@ -183,8 +236,11 @@ class CardReader:
             return False
         try:
             self.on_tag(read)
-        except Exception:  # a bug in the decision path must not stop the reader
-            log.exception("handling tap of %s failed", short_hwid(read.hwid))
+        except Exception as error:  # a bug in the decision path must not stop the reader
+            # The traceback goes to DEBUG only: its text may hold the full UID.
+            log.error("handling tap of %s failed: %s", short_hwid(read.hwid),
+                      _without_uid(f"{type(error).__name__}: {error}", read))
+            log.debug("handling tap of %s failed", read.hwid, exc_info=True)
         return False
 
     def _debounced(self, hwid: str) -> bool:
@@ -207,6 +263,13 @@ class CardReader:
             frontend.close()
         except Exception as error:
             log.warning("closing reader %s failed: %s", self.path, error)
+
+
+def _without_uid(text: str, read: TagRead) -> str:
+    """Replace the full UID in ``text`` (colon, plain hex and upper-case forms) by its short form."""
+    for form in {read.hwid, read.hwid.upper(), read.raw.hex(), read.raw.hex().upper()}:
+        text = text.replace(form, short_hwid(read.hwid))
+    return text
 
 
 def _nfcpy_frontend():

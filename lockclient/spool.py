@@ -14,6 +14,13 @@ unchanged, until :meth:`Spool.acknowledge` deletes it after the receiver's 200. 
 was stored but whose answer was lost is therefore retried with the same id, and the receiver
 counts it once.
 
+A batch the receiver finds too large goes back into the tables by :meth:`Spool.split`, and
+later batches are half the size. A batch the receiver rejects for good (see
+:mod:`lockclient.push`) is moved from the outbox to ``rejected_batches`` by
+:meth:`Spool.quarantine`: its items count as lost, a ``statistics-rejected`` event names it in
+the next status record, and the newest :data:`KEEP_REJECTED` of them stay in the file for an
+operator to read.
+
 The spool is bounded to ``max_items`` pending rows. Beyond that the oldest rows are dropped,
 last-seen windows first (they are the least valuable), then events, then unknown keys; every
 dropped row is counted and the total is reported in the status record.
@@ -30,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from lockclient.bundle import format_time
+from lockclient.bundle import format_time, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +56,16 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS outbox (
     kind TEXT PRIMARY KEY, batch_id TEXT NOT NULL, body TEXT NOT NULL, items INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS rejected_batches (
+    batch_id TEXT PRIMARY KEY, kind TEXT NOT NULL, items INTEGER NOT NULL, status INTEGER NOT NULL,
+    error TEXT NOT NULL, at INTEGER NOT NULL, body TEXT NOT NULL);
 """
+
+# Quarantined batches kept for inspection; older ones are deleted (their loss stays counted).
+KEEP_REJECTED = 10
+
+# The receiver accepts event details and error texts up to this length.
+MAX_DETAIL = 2000
 
 # Tables in the order their oldest rows are dropped when the spool is full.
 _DROP_ORDER = (
@@ -124,8 +140,13 @@ class Spool:
     def record_event(self, kind: str, at: float, detail: str | None = None) -> None:
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("INSERT INTO events (at, type, detail) VALUES (?, ?, ?)", (int(at), kind, detail))
-            self._enforce_bound()
+            self._insert_event(kind, at, detail)
+
+    def _insert_event(self, kind: str, at: float, detail: str | None) -> None:
+        if detail is not None and len(detail) > MAX_DETAIL:
+            detail = detail[:MAX_DETAIL - 1] + "…"
+        self._db.execute("INSERT INTO events (at, type, detail) VALUES (?, ?, ?)", (int(at), kind, detail))
+        self._enforce_bound()
 
     def _pending_count(self) -> int:
         row = self._db.execute(
@@ -163,11 +184,23 @@ class Spool:
             row = self._db.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()
         return row[0] if row else 0
 
-    def count_dropped_batch(self, items: int) -> None:
-        """Count the items of a batch the receiver rejected for good as lost."""
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._add_counter("dropped", items)
+    def rejected(self) -> int:
+        """Return how many items were lost because the receiver rejected their batch for good."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM counters WHERE name = 'rejected'").fetchone()
+        return row[0] if row else 0
+
+    def rejected_batches(self) -> list[dict]:
+        """Return the quarantined batches still kept, newest first (without their bodies)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT batch_id, kind, items, status, error, at FROM rejected_batches ORDER BY at DESC, rowid DESC"
+            ).fetchall()
+        return [
+            {"batch_id": batch_id, "kind": kind, "items": items, "status": status, "error": error,
+             "at": format_time(at)}
+            for batch_id, kind, items, status, error, at in rows
+        ]
 
     def sizes(self) -> dict[str, int]:
         """Return pending rows per table and the items waiting in the outbox."""
@@ -207,6 +240,76 @@ class Spool:
             body = json.dumps(document, separators=(",", ":"), sort_keys=True)
             self._db.execute("INSERT INTO outbox VALUES (?, ?, ?, ?)", (kind, batch_id, body, items))
             return Batch(kind, batch_id, body.encode(), items)
+
+    def refresh_sent_at(self, batch: Batch, now: float) -> Batch:
+        """Set the outbox batch's ``sent_at`` to ``now`` and return it; id and items stay the same.
+
+        For a batch made while the clock ran ahead: the receiver refuses a ``sent_at`` in its
+        future, and does not compare ``sent_at`` when it recognises a retried batch.
+        """
+        document = json.loads(batch.body)
+        document["sent_at"] = format_time(now)
+        body = json.dumps(document, separators=(",", ":"), sort_keys=True)
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "UPDATE outbox SET body = ? WHERE kind = ? AND batch_id = ?", (body, batch.kind, batch.batch_id),
+            )
+        return Batch(batch.kind, batch.batch_id, body.encode(), batch.items)
+
+    def quarantine(self, batch: Batch, status: int, error: str, at: float) -> None:
+        """Move a batch the receiver will never accept out of the outbox; count its items as lost."""
+        summary = f"{batch.kind} batch {batch.batch_id} ({batch.items} items) rejected with {status}: {error}"
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM outbox WHERE kind = ? AND batch_id = ?", (batch.kind, batch.batch_id))
+            self._db.execute(
+                "INSERT OR REPLACE INTO rejected_batches VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (batch.batch_id, batch.kind, batch.items, status, error[:MAX_DETAIL], int(at), batch.body.decode()),
+            )
+            self._db.execute(
+                "DELETE FROM rejected_batches WHERE rowid NOT IN "
+                "(SELECT rowid FROM rejected_batches ORDER BY at DESC, rowid DESC LIMIT ?)", (KEEP_REJECTED,),
+            )
+            self._add_counter("dropped", batch.items)
+            self._add_counter("rejected", batch.items)
+            self._insert_event("statistics-rejected", at, summary)
+
+    def split(self, batch: Batch) -> int:
+        """Put the items of an outbox batch back, to be sent in batches half the size; return that size.
+
+        For a batch the receiver finds too large. The status snapshot of a status batch is not
+        kept (the next one is fresh), its events are.
+        """
+        document = json.loads(batch.body)
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM outbox WHERE kind = ? AND batch_id = ?", (batch.kind, batch.batch_id))
+            if batch.kind == "unknown-keys":
+                self._db.executemany(
+                    "INSERT INTO unknown_keys VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(hwid) DO UPDATE SET "
+                    "first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen), "
+                    "count = count + excluded.count, tag_type = coalesce(tag_type, excluded.tag_type), "
+                    "atqa = coalesce(atqa, excluded.atqa), sak = coalesce(sak, excluded.sak)",
+                    [(item["hwid"], parse_time(item["first_seen"], "first_seen"),
+                      parse_time(item["last_seen"], "last_seen"), item["count"], item.get("tag_type"),
+                      item.get("atqa"), item.get("sak")) for item in document["items"]],
+                )
+            elif batch.kind == "last-seen":
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO last_seen VALUES (?, ?, ?)",
+                    [(item["hwid"], parse_time(item["window_start"], "window_start"),
+                      parse_time(item["window_end"], "window_end")) for item in document["items"]],
+                )
+            else:
+                self._db.executemany(
+                    "INSERT INTO events (at, type, detail) VALUES (?, ?, ?)",
+                    [(parse_time(event["at"], "at"), event["type"], event["detail"])
+                     for event in document["status"]["events"]],
+                )
+            self._enforce_bound()
+        self.batch_size = max(1, min(self.batch_size, batch.items) // 2)
+        return self.batch_size
 
     def acknowledge(self, batch: Batch) -> None:
         """Delete an outbox batch after the receiver confirmed it."""

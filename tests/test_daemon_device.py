@@ -7,6 +7,7 @@ cards, presses the exit button and sends SIGHUP and SIGTERM.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -253,3 +254,174 @@ def test_sigterm_locks_strike_before_waiting_for_stuck_reader(lock):
     assert output.active is False
     # Shutdown locks the strike first, not after the stuck reader thread's join timeout.
     assert output.locked_while_reader_stuck is True
+
+
+class SteppedMonotonic:
+    """The daemon's monotonic clock, which the test can move forward in steps."""
+
+    def __init__(self):
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+
+class HangingFrontend(IdleFrontend):
+    """Once armed, a driver call that ignores terminate() until the test releases it."""
+
+    def __init__(self):
+        self.armed = threading.Event()
+        self.stuck = threading.Event()
+        self.release = threading.Event()
+
+    def connect(self, rdwr, terminate):
+        while not terminate():
+            if self.armed.is_set() and not self.release.is_set():
+                self.stuck.set()
+                self.release.wait(60)
+                return None
+            time.sleep(0.01)
+        return None
+
+
+def step_clock_past(daemon: LockDaemon, clock: SteppedMonotonic, seconds: float, turning) -> None:
+    """Move the clock ``seconds`` forward in 20 s steps (below the door and reader limits of
+    30 s and 60 s), each time waiting until the loops in ``turning`` have turned again."""
+    moved = 0.0
+    while moved < seconds:
+        clock.offset += 20.0
+        moved += 20.0
+        target = clock()
+        wait_for(lambda: all(last_turn() >= target for last_turn in turning), "the live loops to turn")
+
+
+@pytest.fixture
+def recorded_feeds(monkeypatch):
+    """Every systemd watchdog round of the daemon: (stale loops, whether WATCHDOG=1 went out)."""
+    from lockclient.systemd_notify import Watchdog
+
+    feeds: list[tuple[tuple[str, ...], bool]] = []
+    original = Watchdog.feed
+
+    def feed(self):
+        stale = tuple(self.stale())
+        sent = original(self)
+        feeds.append((stale, sent))
+        return sent
+
+    monkeypatch.setattr(Watchdog, "feed", feed)
+    return feeds
+
+
+def rounds_after(feeds, count: int, rounds: int = 2):
+    wait_for(lambda: len(feeds) >= count + rounds, f"{rounds} more watchdog rounds")
+    return feeds[count:]
+
+
+def test_daemon_watchdog_starves_when_fetch_loop_hangs(lock, recorded_feeds):
+    _, _, gpio, _, _, config = lock
+    # Poll every second: a hung fetch then counts as stale after 1 + 2 * deadline + 60 = 71 s.
+    config = dataclasses.replace(config, poll_interval=1.0)
+    clock = SteppedMonotonic()
+    daemon = LockDaemon(config, frontend_factory=IdleFrontend, output=LogOutput(), gpio=gpio, monotonic=clock)
+    hung, release = threading.Event(), threading.Event()
+
+    def actions():
+        wait_for(lambda: daemon.bundle is not None, "the first bundle")
+        wait_for(lambda: any(sent for _, sent in recorded_feeds), "a first WATCHDOG=1")
+        fetch = daemon.updater.run_once
+
+        def hanging_fetch():
+            hung.set()
+            release.wait(60)
+            return fetch()
+
+        daemon.updater.run_once = hanging_fetch
+        wait_for(hung.is_set, "the fetch loop to hang")
+        step_clock_past(daemon, clock, 80.0, [lambda: daemon.reader.last_turn, lambda: daemon.door.last_turn])
+
+        starved = rounds_after(recorded_feeds, len(recorded_feeds))
+        daemon.updater.run_once = fetch
+        release.set()
+        assert starved and all(stale == ("update",) and not sent for stale, sent in starved)
+        wait_for(lambda: recorded_feeds[-1][1], "WATCHDOG=1 again once the fetch loop turns")
+
+    code, errors = run_with(daemon, actions)
+    release.set()
+    assert errors == []
+    assert code == 0
+
+
+def test_daemon_watchdog_starves_when_reader_hangs(lock, recorded_feeds):
+    _, _, gpio, _, _, config = lock
+    config = dataclasses.replace(config, poll_interval=1.0)
+    clock = SteppedMonotonic()
+    frontend = HangingFrontend()
+    daemon = LockDaemon(config, frontend_factory=lambda: frontend, output=LogOutput(), gpio=gpio, monotonic=clock)
+
+    def actions():
+        wait_for(lambda: daemon.bundle is not None, "the first bundle")
+        wait_for(lambda: any(sent for _, sent in recorded_feeds), "a first WATCHDOG=1")
+        frontend.armed.set()
+        wait_for(frontend.stuck.is_set, "the reader to hang")
+        # Past the reader limit of 60 s, short of the 120 s after which the daemon exits.
+        step_clock_past(daemon, clock, 80.0, [lambda: daemon._update_turn, lambda: daemon.door.last_turn])
+
+        starved = rounds_after(recorded_feeds, len(recorded_feeds))
+        frontend.release.set()
+        assert starved and all("reader" in stale and not sent for stale, sent in starved)
+        wait_for(lambda: recorded_feeds[-1][1], "WATCHDOG=1 again once the reader turns")
+
+    code, errors = run_with(daemon, actions)
+    frontend.release.set()
+    assert errors == []
+    assert code == 0
+
+
+def test_daemon_health_pings_start_success_fail(lock):
+    from lockclient.health import HealthSettings
+    from tests.test_health import Monitor
+    from tests.tls_fixtures import status_only
+
+    _, output, gpio, server, _, config = lock
+    monitor = Monitor()
+    health = HealthSettings(url=monitor.url, timeout=15.0, min_interval=10.0)
+    config = dataclasses.replace(config, device=dataclasses.replace(config.device, health=health))
+    ahead = [0.0]
+    daemon = LockDaemon(config, frontend_factory=IdleFrontend, output=output, gpio=gpio,
+                        system_time=lambda: time.time() + ahead[0])
+
+    def fails(word: str) -> bool:
+        return any(path == "/ping/abc/fail" and word in body for path, body in list(monitor.pings))
+
+    def actions():
+        wait_for(lambda: [path for path, _ in monitor.pings][:2] == ["/ping/abc/start", "/ping/abc"],
+                 "the start ping, then a success ping after the first fetch")
+
+        # Fetching fails while the monitoring endpoint hangs on the fail ping: a tap is still
+        # decided and opens at once.
+        monitor.release.clear()
+        arrived = len(monitor.pings)
+        served = server.routes[BUNDLE_PATH]
+        server.routes[BUNDLE_PATH] = status_only(500)
+        os.kill(os.getpid(), signal.SIGHUP)
+        wait_for(lambda: len(monitor.pings) > arrived, "a ping the endpoint holds")
+        daemon.handle_tag(TagRead(MEMBER, bytes.fromhex("04a23b4c5d6e7f"), "Type2Tag", "0044", "00", time.time()))
+        assert output.active is True
+        assert not monitor.release.is_set()
+        monitor.release.set()
+        wait_for(lambda: fails("bundle fetch failed"), "a fail ping for the failed fetch")
+
+        server.routes[BUNDLE_PATH] = served
+        wait_for(lambda: monitor.pings[-1][0] == "/ping/abc", "a success ping once fetching works again")
+
+        ahead[0] = 2 * 86400  # the bundle has expired by then
+        os.kill(os.getpid(), signal.SIGHUP)
+        wait_for(lambda: fails("expired"), "a fail ping for the expired bundle")
+
+    try:
+        code, errors = run_with(daemon, actions)
+    finally:
+        monitor.stop()
+    assert errors == []
+    assert code == 0

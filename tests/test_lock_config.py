@@ -72,6 +72,13 @@ def test_wrong_setting_named(files, overrides, named):
     assert "lock.toml" in str(raised.value)
 
 
+def test_unknown_reader_target_named(files):
+    text = config_text().replace('path = "usb"', 'path = "usb"\ntargets = ["106A", "NFC-A"]')
+
+    with pytest.raises(ConfigError, match=r"setting reader.targets\[1\]: 'NFC-A' is not an nfcpy target"):
+        load(files, text)
+
+
 def test_missing_reader_table_named(files):
     text = config_text().replace('[reader]\npath = "usb"', "")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from lockclient.cli import main
 from lockclient.config import ReaderSettings
 from lockclient.daemon import EXIT_STALLED, LockDaemon
 from lockclient.reader import TagRead
+from lockclient.spool import SPOOL_FILE, Spool
 from receiver import queries
 from tests.bundle_factory import DAY, FOREVER, HOUR, NOW
 from tests.lock_environment import BUNDLE_PATH, SIGNERS_PATH, LockEnvironment, write_config
@@ -207,6 +209,28 @@ def test_stalled_reader_exits_for_restart(env, running):
     assert not daemon.reader.healthy
 
 
+def test_reader_that_turns_again_is_healthy_again(env, running):
+    reader = dataclasses.replace(env.config.reader, watchdog_seconds=60)
+    config = dataclasses.replace(env.config, reader=reader)
+    frontend = HungFrontend()
+    clock = {"offset": 0.0}
+    daemon, _ = running(config=config, frontend=lambda: frontend,
+                        monotonic=lambda: time.monotonic() + clock["offset"])
+    wait_for(lambda: daemon.reader.opened_count == 1)
+
+    clock["offset"] = 90.0  # the driver call has hung for 90 s
+    daemon._check_reader()
+    stalled = (daemon.reader.healthy, daemon.reader.last_error)
+    frontend.release.set()  # ... and then returns
+    wait_for(lambda: daemon.monotonic() - daemon.reader.last_turn < 60)
+    daemon._check_reader()
+
+    assert stalled[0] is False and "has not turned" in stalled[1]
+    assert daemon.reader.healthy
+    assert daemon.reader.last_error is None
+    assert not daemon.stop_event.is_set()
+
+
 def test_statistics_reach_receiver(tmp_path):
     site = ReceiverSite(tmp_path / "receiver", {"front-door": [MEMBER]})
     lock = site.locks["front-door"]
@@ -236,17 +260,18 @@ def test_statistics_reach_receiver(tmp_path):
     assert daemon.spool is not None
 
 
-def test_real_card_opens_through_udp_reader(env, tmp_path):
+def test_real_card_opens_through_udp_reader(env, tmp_path, caplog):
     port = 41030
     config = dataclasses.replace(env.config, reader=ReaderSettings(path=f"udp:127.0.0.1:{port}", targets=("106A",)))
     output = LogOutput()
     daemon = LockDaemon(config, output=output)
     emulator = Emulator(port, "type2", TYPE2_UID)
     try:
-        daemon.start()
-        wait_for(lambda: daemon.bundle is not None)
-        emulator.start()  # the card arrives once the bundle is there
-        wait_for(lambda: output.changes, timeout=30)
+        with caplog.at_level(logging.INFO):
+            daemon.start()
+            wait_for(lambda: daemon.bundle is not None)
+            emulator.start()  # the card arrives once the bundle is there
+            wait_for(lambda: output.changes, timeout=30)
     finally:
         emulator.stop()
         daemon.shutdown()
@@ -254,6 +279,10 @@ def test_real_card_opens_through_udp_reader(env, tmp_path):
     assert daemon.decisions[0][1].code == "granted"
     assert output.changes[0][0] is True
     assert output.changes[-1][0] is False  # released at the latest on shutdown
+    logged = "\n".join(record.getMessage() for record in caplog.records if record.levelno >= logging.INFO)
+    assert "tap 04:…:7f: open" in logged
+    for form in (MEMBER, MEMBER.upper(), TYPE2_UID, TYPE2_UID.upper()):
+        assert form not in logged  # nfcpy's and lockclient's INFO lines never hold the full UID
 
 
 def test_sigterm_stops_daemon_cleanly(env):
@@ -303,6 +332,32 @@ def test_cli_check_and_status(env, running):
     assert report["keys"] == 1
     assert report["last_fetch"]["result"] == "updated"
     assert report["spool"]["dropped"] == 0
+
+
+def test_cli_status_warns_about_expired_bundle_still_in_use(env, running):
+    config = dataclasses.replace(env.config, expired_policy="keep-last-bundle")
+    daemon, _ = running(config=config)
+    wait_for(lambda: daemon.bundle is not None)
+    daemon.shutdown()
+    text = env.config.path.read_text().replace("poll_interval = 1\n", 'poll_interval = 1\nexpired_policy = "keep-last-bundle"\n')
+    env.config.path.write_text(text)
+    state_file = env.config.state_dir / "state.json"
+    state = json.loads(state_file.read_text())
+    state["clock_floor"] = daemon.bundle.expires_at + DAY  # the clock once ran past the expiry
+    state_file.write_text(json.dumps(state))
+    spool = Spool(env.config.state_dir / SPOOL_FILE)
+    spool.record_last_seen(MEMBER, NOW, 60)
+    spool.quarantine(spool.next_batch("last-seen", NOW + HOUR), 422, "precision: 60 s is finer", NOW + HOUR)
+    spool.close()
+
+    result = CliRunner().invoke(main, ["status", "--config", str(env.config.path)])
+
+    assert result.exit_code == 0, result.output
+    assert "bundle_expired     True" in result.output
+    assert "STILL USED for all keys" in result.output
+    assert "behind the clock floor" in result.output
+    assert "rejected statistics for good (1 items lost)" in result.output
+    assert "422 precision: 60 s is finer" in result.output
 
 
 def test_cli_rejects_bad_config_without_traceback(tmp_path):

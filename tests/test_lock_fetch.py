@@ -227,6 +227,25 @@ def test_far_future_floor_capped_at_bundle_expiry(env):
     assert floor == bundle.expires_at
 
 
+def test_clock_back_from_future_recovers_with_next_bundle(env):
+    updater = env.updater()
+    updater.run_once()
+    first = updater.storage.bundle.document
+    updater.clock.system_time = lambda: 2_208_988_800.0  # 2040 for a while: the floor follows
+    updater.clock.advance_floor(first.expires_at)
+    updater.clock.system_time = lambda: NOW  # NTP puts the clock right
+
+    stuck = decide(first, MEMBER, updater.clock.now()).code
+    env.server.routes[BUNDLE_PATH] = static(env.trust.bundle(
+        version=2, keys={MEMBER: FOREVER}, issued_at=NOW, expires_at=first.expires_at + 7 * DAY,
+    ))
+    outcome = updater.run_once()
+
+    assert stuck == "expired"  # until a bundle that expires after the floor arrives
+    assert outcome.bundle_updated
+    assert decide(updater.storage.bundle.document, MEMBER, updater.clock.now()).allowed
+
+
 def test_backoff_doubles_with_jitter():
     backoff = Backoff(1.0, 10.0, random_fraction=lambda: 0.999)
     delays = [backoff.next_delay() for _ in range(6)]

@@ -16,9 +16,10 @@ import pytest
 
 from lockclient.fetch import make_session
 from lockclient.push import Pusher, PushError
-from lockclient.spool import Spool, window_start
+from lockclient.spool import KEEP_REJECTED, Spool, window_start
 from receiver import queries
 from tests.receiver_harness import ReceiverSite
+from tests.tls_fixtures import Request, ScriptedServer, make_pki, send
 
 ROOT = Path(__file__).resolve().parent.parent
 PRECISION = 3600
@@ -116,6 +117,142 @@ def test_receiver_killed_midway_loses_nothing(site, tmp_path):
     unknown = queries.unknown_keys(site.database)
     assert len(unknown) == len(UNKNOWN)
     assert sum(row["count"] for row in unknown) == 3 * len(UNKNOWN)
+
+
+def test_batch_that_can_never_pass_quarantined_not_blocking(site, tmp_path, caplog):
+    now = time.time()
+    spool = Spool(tmp_path / "spool.sqlite3")
+    spool.record_last_seen(KNOWN[0], now - 300, 60)  # finer than the lock's 3600 s: always 422
+    spool.record_unknown(UNKNOWN[0], now - 100, "Type2Tag", "4400", "00")
+    pusher = pusher_for(site, spool, site.start())
+    doomed = spool.next_batch("last-seen", now)
+
+    with caplog.at_level("WARNING", logger="lockclient.push"):
+        first = pusher.push_all(time.time, status)
+    spool.record_last_seen(KNOWN[1], now - 2 * PRECISION, PRECISION)
+    second = pusher.push_all(time.time, status)
+
+    assert first.rejected == {"last-seen": 1}
+    assert first.sent["unknown-keys"] == 1
+    assert second.sent["last-seen"] == 1  # the queue behind the rejected batch moves on
+    assert spool.sizes() == {"unknown_keys": 0, "last_seen": 0, "events": 0, "outbox": 0}
+    assert spool.dropped() == 1 and spool.rejected() == 1
+    kept = spool.rejected_batches()
+    assert [(entry["batch_id"], entry["status"]) for entry in kept] == [(doomed.batch_id, 422)]
+    assert "precision" in kept[0]["error"]
+    assert any(doomed.batch_id in record.getMessage() for record in caplog.records
+               if record.levelname == "WARNING")
+    events = [event for event in queries.events(site.database) if event["type"] == "statistics-rejected"]
+    assert len(events) == 1 and doomed.batch_id in events[0]["detail"]
+    assert [row["hwid"] for row in queries.last_seen(site.database)] == [KNOWN[1]]
+
+
+def test_batch_from_clock_ahead_kept_and_sent_once_clock_fixed(site, tmp_path):
+    now = time.time()
+    spool = Spool(tmp_path / "spool.sqlite3")
+    spool.record_unknown(UNKNOWN[0], now - 100, "Type2Tag", "4400", "00")
+    pusher = pusher_for(site, spool, site.start())
+
+    with pytest.raises(PushError, match="ahead"):
+        pusher.push_all(lambda: time.time() + 86400, status)  # the lock's clock is a day ahead
+    waiting = spool.next_batch("unknown-keys", time.time())
+    report = pusher.push_all(time.time, status)  # NTP put the clock right
+
+    assert json.loads(waiting.body)["sent_at"] > json.loads(waiting.body)["items"][0]["last_seen"]
+    assert report.sent["unknown-keys"] == 1
+    assert report.rejected == {}
+    assert spool.dropped() == 0
+    assert [row["hwid"] for row in queries.unknown_keys(site.database)] == [UNKNOWN[0]]
+
+
+def test_proxy_error_page_keeps_batch(tmp_path):
+    pki = make_pki(tmp_path / "pki")
+    page = b"<html><body>400 The SSL certificate error</body></html>"  # nginx refusing a certificate
+    server = ScriptedServer(pki).start()
+    server.routes["/v1/unknown-keys"] = lambda handler, request: send(handler, 400, page, {"Content-Type": "text/html"})
+    spool = Spool(tmp_path / "spool.sqlite3")
+    spool.record_unknown(UNKNOWN[0], time.time() - 100, None, None, None)
+    pusher = Pusher(make_session(pki.ca_cert, pki.client_cert, pki.client_key), server.url(""), spool)
+    try:
+        with pytest.raises(PushError, match="400"):
+            pusher.push_all(time.time, status)
+    finally:
+        server.stop()
+
+    assert spool.sizes()["outbox"] == 1
+    assert spool.dropped() == 0
+
+
+def test_batch_over_receiver_limit_split_not_lost(site, tmp_path):
+    now = time.time()
+    spool = Spool(tmp_path / "spool.sqlite3", batch_size=250)  # the receiver takes 100 items per batch
+    many = [f"04:ee:00:00:00:{index // 256:02x}:{index % 256:02x}" for index in range(240)]
+    for repeat in range(2):
+        for hwid in many:
+            spool.record_unknown(hwid, now - 100 + repeat, "Type2Tag", "4400", "00")
+    pusher = pusher_for(site, spool, site.start())
+
+    report = pusher.push_all(time.time, status)
+
+    assert report.split["unknown-keys"] == 240 + 120  # 240 did not fit, nor did half of them
+    assert report.sent["unknown-keys"] == 240
+    assert spool.batch_size == 60
+    assert spool.dropped() == 0
+    unknown = queries.unknown_keys(site.database)
+    assert len(unknown) == 240
+    assert {row["count"] for row in unknown} == {2}
+
+
+def test_proxy_size_limit_splits_batch(tmp_path):
+    pki = make_pki(tmp_path / "pki")
+    page = b"<html><body>413 Request Entity Too Large</body></html>"  # nginx client_max_body_size
+
+    def proxy(handler, request):
+        document = json.loads(request.body)
+        if len(document["items"]) > 3:
+            send(handler, 413, page, {"Content-Type": "text/html"})
+        else:
+            send(handler, 200, json.dumps({"batch_id": document["batch_id"], "stored": len(document["items"]),
+                                           "duplicate": False}).encode(), {"Content-Type": "application/json"})
+
+    server = ScriptedServer(pki).start()
+    server.routes["/v1/unknown-keys"] = proxy
+    server.routes["/v1/status"] = lambda handler, request: proxy(handler, Request(
+        request.method, request.path, request.headers,
+        json.dumps({"batch_id": json.loads(request.body)["batch_id"], "items": []}).encode(), None))
+    spool = Spool(tmp_path / "spool.sqlite3", batch_size=10)
+    for hwid in UNKNOWN[:10]:
+        spool.record_unknown(hwid, time.time() - 100, None, None, None)
+    pusher = Pusher(make_session(pki.ca_cert, pki.client_cert, pki.client_key), server.url(""), spool)
+    try:
+        report = pusher.push_all(time.time, status)
+    finally:
+        server.stop()
+
+    assert report.sent["unknown-keys"] == 10
+    assert spool.dropped() == 0
+    delivered = [json.loads(request.body) for request in server.requests if request.path == "/v1/unknown-keys"]
+    assert sorted(item["hwid"] for body in delivered if len(body["items"]) <= 3 for item in body["items"]) \
+        == sorted(UNKNOWN[:10])
+
+
+def test_quarantine_keeps_only_newest_batches_but_counts_all(tmp_path):
+    spool = Spool(tmp_path / "spool.sqlite3", batch_size=1)
+    for index in range(KEEP_REJECTED + 3):
+        spool.record_unknown(UNKNOWN[index], 1_796_400_000 + index, None, None, None)
+        batch = spool.next_batch("unknown-keys", 1_796_400_100 + index)
+        spool.quarantine(batch, 413, "body: over the limit", 1_796_400_100 + index)
+
+    kept = spool.rejected_batches()
+    events = spool.sizes()["events"]
+    status_batch = spool.next_batch("status", 1_796_400_200, status)
+
+    assert len(kept) == KEEP_REJECTED
+    assert spool.rejected() == KEEP_REJECTED + 3
+    assert events == KEEP_REJECTED + 3  # one statistics-rejected event per batch
+    record = json.loads(status_batch.body)["status"]
+    assert record["spool_dropped"] == KEEP_REJECTED + 3
+    assert record["events"][0]["type"] == "statistics-rejected"
 
 
 def test_last_seen_pushed_only_after_window_ends(tmp_path):
