@@ -110,7 +110,12 @@ def compile_command(access: Path, key_path: Path | None, out: Path, signers_path
 
     for name, entry in sorted(build.bundles.items()):
         state = "changed" if entry.changed else "unchanged"
-        click.echo(f"{name}: {entry.keys} keys, version {entry.version}, {state}, "
+        click.echo(f"{name}: {_count(entry.keys, 'key')}, version {entry.version}, {state}, "
                    f"expires {format_time(entry.expires_at)}")
     changed = sum(entry.changed for entry in build.bundles.values())
-    click.echo(f"{len(build.bundles)} bundles ({changed} changed) written to {out}")
+    click.echo(f"{_count(len(build.bundles), 'bundle')} ({changed} changed) written to {out}")
+
+
+def _count(count: int, word: str) -> str:
+    """``1 key``, ``2 keys``."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"

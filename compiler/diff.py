@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -298,9 +299,13 @@ def _diff_locks(result: AccessDiff, base: AccessRepository, head: AccessReposito
             _diff_lock(result, before, after)
 
 
+def _days(count: int) -> str:
+    return f"{count} day" if count == 1 else f"{count} days"
+
+
 def _lock_added(result: AccessDiff, lock: Lock) -> None:
     state = "" if lock.enabled else ", disabled"
-    text = f"{lock.name}: new lock ({lock.timezone}, bundles valid {lock.valid_days} days offline{state})"
+    text = f"{lock.name}: new lock ({lock.timezone}, bundles valid {_days(lock.valid_days)} offline{state})"
     result.add(result.locks, Change("lock-added", lock.name, text))
     if lock.lockdown:
         _lock_change(result, lock.name, "lockdown-switched", f"{lock.name}: new lock starts in lockdown", sensitive=True)
@@ -322,7 +327,7 @@ def _diff_lock(result: AccessDiff, before: Lock, after: Lock) -> None:
 
     if before.valid_days != after.valid_days:
         raised = after.valid_days > before.valid_days
-        text = f"{name}: offline validity {'raised' if raised else 'lowered'} {before.valid_days} → {after.valid_days} days"
+        text = f"{name}: offline validity {'raised' if raised else 'lowered'} {before.valid_days} → {_days(after.valid_days)}"
         _lock_change(result, name, "valid-days-changed", text, sensitive=raised,
                      before=str(before.valid_days), after=str(after.valid_days))
 
@@ -451,11 +456,23 @@ def read_signers(root: Path) -> bytes | None:
 
 # GitHub rejects comments over 65,536 characters; stay well below it and say what was cut.
 MARKDOWN_LIMIT = 60_000
-_MARKDOWN_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]<>|#~"})
+_MARKDOWN_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*[]<>|#"})
+# An underscore starts or ends emphasis only next to a non-alphanumeric character: john_doe
+# stays as it is, _draft_ is escaped.
+_EDGE_UNDERSCORE = re.compile(r"(?<![^\W_])_|_(?![^\W_])")
 
 
 def _escape(text: str) -> str:
-    return text.translate(_MARKDOWN_SPECIAL)
+    """Escape what Markdown would read as markup; a tilde is handled per line by :func:`_tildes`."""
+    return _EDGE_UNDERSCORE.sub(r"\\_", text.translate(_MARKDOWN_SPECIAL))
+
+
+def _tildes(line: str) -> str:
+    """Escape tildes only in a line with two or more, the least that can strike text through.
+
+    ``HEAD~1`` in a heading stays readable in a terminal; ``HEAD~2 → HEAD~1`` is escaped.
+    """
+    return line.replace("~", "\\~") if line.count("~") >= 2 else line
 
 
 def format_markdown(diff: AccessDiff, limit: int = MARKDOWN_LIMIT) -> str:
@@ -484,7 +501,7 @@ def format_markdown(diff: AccessDiff, limit: int = MARKDOWN_LIMIT) -> str:
         lines += [f"- {_escape(change.text)}" for change in diff.signers]
         lines.append("")
 
-    text = "\n".join(lines)
+    text = "\n".join(_tildes(line) for line in lines)
     if len(text) > limit:
         cut = text.rfind("\n", 0, limit)
         text = text[:cut] + "\n\n*…the diff is too long for one comment; run `doorlock diff` locally for the rest.*"

@@ -18,6 +18,8 @@ exist or exist twice on that day are called out, with the rule that applied.
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -37,6 +39,8 @@ DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday",
 _WHOLE_DAY = Window(frozenset(range(7)), 0, MINUTES_PER_DAY)
 # How far ahead "next opening" looks when the schedule is closed now.
 LOOKAHEAD_DAYS = 14
+# An unknown lock or person lists the known names when there are at most this many.
+LIST_KNOWN_MAX = 20
 
 
 class ExplainError(Exception):
@@ -59,6 +63,7 @@ class Explanation:
     local_time: str
     allowed: bool = False
     decision: str = ""
+    break_glass: bool = False  # allowed as a break-glass key: the bundle's expiry does not matter
     steps: list[Step] = field(default_factory=list)
 
     def add(self, passed: bool | None, text: str, source: Source | str = "") -> None:
@@ -113,8 +118,7 @@ def explain(
         raise ExplainError("give exactly one of --key HWID or --person USER")
     lock = repository.locks.get(lock_name)
     if lock is None:
-        known = ", ".join(sorted(repository.locks)) or "none"
-        raise ExplainError(f"lock {lock_name!r} not found; known locks: {known}")
+        raise ExplainError(not_found("lock", "locks", lock_name, repository.locks))
 
     result = Explanation(lock.name, instant, format_local(instant, lock.timezone))
     result.add(None, f"lock {lock.name} ({lock.timezone}): {result.local_time}", lock.source)
@@ -128,8 +132,35 @@ def explain(
         return _explain_key(result, repository, lock, instant, hwid)
     person = repository.people.get(username)
     if person is None:
-        raise ExplainError(f"person {username!r} not found in the access repository")
+        raise ExplainError(not_found("person", "people", username, repository.people))
     return _explain_person(result, repository, lock, instant, person)
+
+
+def not_found(kind: str, kinds: str, name: str, known) -> str:
+    """Say that ``name`` is unknown, suggest close names, and list the known ones when few."""
+    names = sorted(known)
+    text = f"{kind} {name!r} not found"
+    close = _close_names(name, names)
+    if close:
+        text += "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+    if not names:
+        text += f"; the access repository has no {kinds}"
+    elif len(names) <= LIST_KNOWN_MAX:
+        text += f"; known {kinds}: {', '.join(names)}"
+    elif not close:
+        text += f"; none of the {len(names)} {kinds} has a similar name"
+    return text
+
+
+def _close_names(name: str, names: list[str], limit: int = 3) -> list[str]:
+    """Names that start like ``name`` (also per part: 'clea' finds 'cleaning.crew'), then similar ones."""
+    typed = name.lower()
+    parts = {n: re.split(r"[._-]", n.lower()) for n in names}
+    found = [n for n in names if n.lower().startswith(typed) or any(part.startswith(typed) for part in parts[n])]
+    by_part = {part: n for n in names for part in parts[n] if part}
+    found += difflib.get_close_matches(name, names, n=limit)
+    found += [by_part[part] for part in difflib.get_close_matches(typed, list(by_part), n=limit)]
+    return list(dict.fromkeys(found))[:limit]
 
 
 def _explain_key(result: Explanation, repository: AccessRepository, lock: Lock, instant: int, text: str) -> Explanation:
@@ -143,6 +174,7 @@ def _explain_key(result: Explanation, repository: AccessRepository, lock: Lock, 
             label = f" ({key.description})" if key.description else ""
             result.add(True, f"{hwid}{label} is a break-glass key of {lock.name}: it opens at any time, "
                        "also in lockdown and after the bundle expired", key.source)
+            result.break_glass = True
             return result.finish(True, "allowed: break-glass key")
 
     if lock.lockdown:
@@ -165,6 +197,7 @@ def _explain_person(result: Explanation, repository: AccessRepository, lock: Loc
         if key.hwid in break_glass:
             result.add(True, f"{person.username}'s key {key.hwid} is a break-glass key of {lock.name}: "
                        "it opens at any time", key.source)
+            result.break_glass = True
             return result.finish(True, "allowed: break-glass key")
     if lock.lockdown:
         result.add(False, f"{lock.name} is in lockdown: only break-glass keys open", lock.source)
@@ -344,6 +377,10 @@ def format_text(explanation: Explanation) -> str:
     for step in explanation.steps:
         source = f"  [{step.source}]" if step.source else ""
         lines.append(f"{marks[step.passed]} {step.text}{source}")
-    lines.append("")
-    lines.append("The lock decides from its bundle: it also needs a bundle that has not expired.")
+    if explanation.break_glass:
+        lines.append("")
+        lines.append("A break-glass key is in every bundle of this lock: it opens even when the bundle has expired.")
+    elif explanation.allowed:
+        lines.append("")
+        lines.append("The lock decides from its bundle: it also needs a bundle that has not expired.")
     return "\n".join(lines) + "\n"

@@ -44,7 +44,7 @@ from compiler.model import (
 from compiler.problems import ERROR, WARNING, Problem, has_errors, sort_problems
 from compiler.schema_check import check_schema, prune_invalid
 from compiler.yaml_loader import LoadedYaml, YamlError, load_yaml_file
-from lockclient.hwid import InvalidHardwareId, normalize_hwid
+from lockclient.hwid import InvalidHardwareId, is_random_uid, normalize_hwid
 
 log = logging.getLogger(__name__)
 
@@ -323,8 +323,19 @@ def normalize_key_hwid(state: LoadState, file: LoadedFile, path: tuple[Any, ...]
     try:
         return normalize_hwid(text)
     except InvalidHardwareId as error:
-        state.error(file, path, str(error), "copy the UID again from the reader or the card's label")
+        state.error(file, path, str(error), hwid_fix(text))
         return None
+
+
+def hwid_fix(text: str) -> str:
+    """Return the fix line for a hardware id that :func:`normalize_hwid` rejected, matching its reason."""
+    try:
+        raw = bytes.fromhex("".join(c for c in str(text) if not c.isspace() and c not in ":-"))
+    except ValueError:
+        raw = b""
+    if is_random_uid(raw):
+        return "enrol another card or fob whose UID stays the same on every tap; remove this key"
+    return "copy the UID again from the reader or the card's label"
 
 
 def normalize_fingerprint(text: str) -> str:

@@ -26,7 +26,7 @@ import sqlite3
 import tempfile
 import urllib.parse
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -35,11 +35,12 @@ import jinja2
 from compiler.access_view import (
     Grant,
     access_hours,
+    describe_date_range,
     describe_schedule,
     describe_validity,
     grants_by_person_and_lock,
 )
-from compiler.model import AccessRepository, Lock, Person
+from compiler.model import AccessRepository, DateRange, Lock, Person, Schedule
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ MARKER = ".doorlock-report"
 # and 1,000 locks would make a page of hundreds of megabytes.
 MATRIX_MAX_CELLS = 200_000
 TEMPLATES = Path(__file__).with_name("report_templates")
+# Closed-day ranges up to this long are checked day by day against a person's other grants.
+CLOSED_SCAN_DAYS = 400
 
 
 class ReportError(Exception):
@@ -164,6 +167,39 @@ def format_window(start: str, end: str, zone_name: str) -> str:
     return f"{first:%Y-%m-%d %H:%M %Z} – {last:%Y-%m-%d %H:%M %Z}"
 
 
+def _opens_on(schedule: Schedule, day: date) -> bool:
+    """True when some window of ``schedule`` starts on ``day`` (closed days and date ranges applied)."""
+    if any(r.contains(day) for r in schedule.closed):
+        return False
+    if schedule.date_ranges and not any(r.contains(day) for r in schedule.date_ranges):
+        return False
+    return schedule.always or any(day.weekday() in w.days for w in schedule.windows)
+
+
+def _opens_every_day(schedule: Schedule) -> bool:
+    every_weekday = schedule.always or set().union(*(w.days for w in schedule.windows)) >= set(range(7))
+    return every_weekday and not schedule.closed and not schedule.date_ranges
+
+
+def _covered(closed: DateRange, others: list[Schedule]) -> bool:
+    """True when on every day of ``closed`` one of ``others`` opens, so the person can still enter."""
+    if not others:
+        return False
+    if closed.first is None or closed.last is None or (closed.last - closed.first).days > CLOSED_SCAN_DAYS:
+        return any(_opens_every_day(s) for s in others)
+    day = closed.first
+    while day <= closed.last:
+        if not any(_opens_on(s, day) for s in others):
+            return False
+        day += timedelta(days=1)
+    return True
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 key``, ``2 keys``; ``many`` for irregular plurals (``person``/``people``)."""
+    return f"{count} {word if count == 1 else (many or word + 's')}"
+
+
 def enrol_snippet(hwid: str, sightings: list[dict]) -> str:
     """Return the YAML lines an admin pastes under a person's ``keys:`` to enrol an unknown card."""
     first = min(sightings, key=lambda s: s.get("first_seen") or "")
@@ -205,6 +241,7 @@ class SiteBuilder:
             lstrip_blocks=True,
         )
         self.environment.filters["page"] = page_name
+        self.environment.filters["plural"] = plural
 
     # -- per-page data ------------------------------------------------------------------
 
@@ -231,11 +268,36 @@ class SiteBuilder:
                 "timezone": lock.timezone,
                 "hours": access_hours(grants),
                 "groups": sorted({g.group for g in grants}),
-                "closed": sorted({g.closed_text for g in grants if g.closed_text}),
+                "closed": self.closed_days(grants),
                 "office_mode": any(g.office_mode for g in grants),
                 "membership_state": self.membership_state(person, lock),
             })
         return rows
+
+    def closed_days(self, grants: list[Grant]) -> list[str]:
+        """Return, in plain words, the closed days on which none of a person's grants at one lock opens.
+
+        A closed day of one schedule is left out when another grant opens on every day of
+        it (e.g. an ``always`` grant via another group): the person can still enter then.
+        With several schedules at the lock, each closed day names the schedule and groups.
+        NOTE: coverage is judged per day, not per hour, so a day on which another grant opens
+        only briefly is not listed as closed; the row's hours show when that grant opens.
+        """
+        schedules = self.repository.schedules
+        groups_of: dict[str, set[str]] = {}
+        for grant in grants:
+            groups_of.setdefault(grant.schedule, set()).add(grant.group)
+        texts = []
+        for name in sorted(groups_of):
+            others = [schedules[other] for other in groups_of if other != name]
+            for closed in schedules[name].closed:
+                if _covered(closed, others):
+                    continue
+                text = describe_date_range(closed)
+                if len(groups_of) > 1:
+                    text += f" under {name} (via {', '.join(sorted(groups_of[name]))})"
+                texts.append(text)
+        return texts
 
     def key_rows(self, person: Person) -> list[dict]:
         seen = self.last_seen_by_key

@@ -8,8 +8,9 @@ them in the :class:`AccessRepository` and reports:
   unknown IANA time zone, a window of zero length, an end date before its start date, a
   schedule that is never open, a certificate file that cannot be read or does not match the
   fingerprint;
-- warnings: a lock that no rule of an enabled group reaches; an enabled person in no group; a
-  file name that differs from the id inside; a certificate that expires within 30 days.
+- warnings: a lock that no rule of an enabled group reaches; an enabled lock without a
+  certificate (the receiver cannot identify it); an enabled person in no group; a file name
+  that differs from the id inside; a certificate that expires within 30 days.
 """
 
 from __future__ import annotations
@@ -250,6 +251,16 @@ def _check_lock(lock: Lock, root: Path, now: datetime, report: _Reporter) -> Non
         else:
             seen[key.hwid] = key.source
 
+    if lock.certificate_sha256 is None and lock.enabled:
+        # The receiver and the bundle server identify a lock by its certificate's fingerprint
+        # only: without one, its statistics pushes are refused (403).
+        report.warning(
+            lock.source,
+            f"lock {lock.name!r} has no 'certificate:', so the receiver cannot identify it and "
+            "refuses its statistics (403)",
+            f"run 'doorlock pki issue-lock {lock.name}' where the CA key is and paste the 'certificate:' "
+            "lines it prints into this file",
+        )
     if lock.certificate_file is not None:
         _check_certificate_file(lock, root, now, report)
 
@@ -291,11 +302,13 @@ def _check_certificate_file(lock: Lock, root: Path, now: datetime, report: _Repo
     expires = certificate.not_valid_after_utc
     if expires <= now:
         report.warning(where, f"certificate {relative!r} of lock {lock.name!r} expired on {expires:%Y-%m-%d %H:%M} UTC",
-                       "issue a new lock certificate and update 'sha256' and the file")
+                       f"renew it ('doorlock pki renew {relative}' where the CA key is) and paste the new 'sha256'; "
+                       f"see docs/hosting.md")
     elif expires - now <= timedelta(days=CERTIFICATE_WARNING_DAYS):
         report.warning(where, f"certificate {relative!r} of lock {lock.name!r} expires on {expires:%Y-%m-%d %H:%M} UTC, "
                        f"within {CERTIFICATE_WARNING_DAYS} days",
-                       "issue a new lock certificate before then and update 'sha256' and the file")
+                       f"renew it before then ('doorlock pki renew {relative}' where the CA key is) and paste the "
+                       f"new 'sha256'; docs/hosting.md explains renewal without downtime")
 
     names = [attribute.value for attribute in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     if names and lock.name not in names:

@@ -448,3 +448,14 @@ def test_expired_signers_document_rejected(setup):
     assert result.exit_code == 1
     assert "expired at" in result.output
     assert not (tmp_path / "build").exists()
+
+
+def test_summary_says_one_key_not_one_keys(setup):
+    tmp_path, access, key, _ = setup
+    # Without alice's fob, each lock holds bob's card only.
+    (access / "people" / "alice.yaml").write_text(PEOPLE["alice"].split("keys:")[0])
+    result = run_compile(str(access), "--key", str(key), "--out", str(tmp_path / "build"), "--now", iso(NOW))
+    assert result.exit_code == 0, result.output
+    assert f"back-gate: 1 key, version {NOW}, changed" in result.output
+    assert f"main-entrance: 1 key, version {NOW}, changed" in result.output
+    assert "2 bundles (2 changed)" in result.output

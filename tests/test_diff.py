@@ -434,3 +434,34 @@ def test_no_change_means_identical_compiled_access(tmp_path):
     assert expand_repository(base, issued_at) == expand_repository(reformatted, issued_at)
     assert not diff_access(AccessSide("base", base), AccessSide("head", changed)).no_change
     assert expand_repository(base, issued_at) != expand_repository(changed, issued_at)
+
+
+def test_markdown_escapes_only_what_would_render_as_markup(tmp_path):
+    git_init(tmp_path)
+    write_access(tmp_path)
+    git_commit(tmp_path, "base")
+    write_access(tmp_path, {"people/john_doe.yaml": "username: john_doe\nname: John Doe\ngroups: [members]\n"
+                                                    "keys:\n  - hwid: '04:d0:d0:d0:d0:d0:01'\n"
+                                                    "    description: _spare_ fob\n"})
+    git_commit(tmp_path, "add")
+    write_access(tmp_path, edit("locks/front-door.yaml", "valid_days: 7", "valid_days: 1"))
+    git_commit(tmp_path, "shorter")
+
+    code, output = run_diff(tmp_path, "HEAD~1")
+    assert code == 0
+    heading = output.splitlines()[0]
+    assert heading.startswith("## Access changes: HEAD~1 (") and heading.endswith("→ working tree")
+    assert "\\" not in heading
+    assert "offline validity lowered 7 → 1 day" in output
+
+    code, output = run_diff(tmp_path, "HEAD~2", "HEAD~1")
+    heading = output.splitlines()[0]
+    # Two tildes on one line could strike the text between them through: both are escaped.
+    assert heading.startswith("## Access changes: HEAD\\~2 (") and "HEAD\\~1 (" in heading
+    assert "**john_doe**" in output
+    assert "(\\_spare\\_ fob)" in output
+
+
+def test_new_lock_with_one_day_offline_validity(tmp_path):
+    diff = diff_json(tmp_path, {"locks/garage.yaml": "name: garage\ntimezone: UTC\nbundle:\n  valid_days: 1\n"})
+    assert "bundles valid 1 day offline" in diff["locks"]["garage"][0]["text"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -209,3 +210,46 @@ def test_denial_names_disabled_or_expired(tmp_path):
     disabled = explain(load_repository(write_access(tmp_path / "b", disabled_files)), "front-door",
                        at("2026-12-02T09:00"), username="bob")
     assert disabled.decision == "denied: bob is disabled"
+
+
+def test_break_glass_output_does_not_ask_for_an_unexpired_bundle(tmp_path):
+    access = write_access(tmp_path)
+    result = CliRunner().invoke(main, ["explain", str(access), "--lock", "front-door", "--key", BREAK_GLASS,
+                                       "--at", "2026-12-05T03:00"])
+    assert result.exit_code == 0
+    assert result.output.startswith("ALLOWED: break-glass key")
+    assert "has not expired" not in result.output
+    assert "opens even when the bundle has expired" in result.output
+
+    member = CliRunner().invoke(main, ["explain", str(access), "--lock", "workshop", "--person", "alice",
+                                       "--at", "2026-12-02T10:00"])
+    assert "it also needs a bundle that has not expired" in member.output
+
+
+def test_unknown_person_suggests_close_names(repository):
+    with pytest.raises(ExplainError, match=r"person 'carl' not found; did you mean 'carol'\?; "
+                                           r"known people: alice, bob, carol, dora"):
+        explain(repository, "front-door", at("2026-12-02T09:00"), username="carl")
+
+
+def test_unknown_person_found_by_first_part_in_example():
+    example = Path(__file__).resolve().parent.parent / "access"
+    result = CliRunner().invoke(main, ["explain", str(example), "--lock", "front-door", "--person", "clea",
+                                       "--at", "2026-12-02T10:00"])
+    assert result.exit_code == 2
+    assert "person 'clea' not found; did you mean 'cleaning.schoonmaak'?" in result.output
+
+
+def test_unknown_lock_suggests_close_names(repository):
+    with pytest.raises(ExplainError, match=r"lock 'frontdoor' not found; did you mean 'front-door'\?; "
+                                           r"known locks: front-door, workshop"):
+        explain(repository, "frontdoor", at("2026-12-02T09:00"), hwid=ALICE_KEY)
+
+
+def test_unknown_person_in_a_large_repository_lists_no_names(tmp_path):
+    people = {f"people/p{i:03d}.yaml": f"username: p{i:03d}\nname: Person {i}\ngroups: [members]\n" for i in range(30)}
+    repository = load_repository(write_access(tmp_path, people))
+    with pytest.raises(ExplainError) as error:
+        explain(repository, "front-door", at("2026-12-02T09:00"), username="p015x")
+    assert "did you mean 'p015'" in str(error.value)
+    assert "known people" not in str(error.value)

@@ -358,3 +358,47 @@ def test_unreadable_stats_rejected_cleanly(tmp_path, name, content, message):
     assert message in result.output
     assert name in result.output
     assert not (tmp_path / "site").exists()
+
+
+def test_closed_day_hidden_when_covered(tmp_path):
+    # dave is in members (daytime, closed 2026-12-25) and keyholders (always): `explain` lets him
+    # in on Christmas evening, so his page must not say the front door is closed then.
+    access = write_access(tmp_path / "access", {
+        "people/dave.yaml": "username: dave\nname: Dave\ngroups: [members, keyholders]\n"
+                            "keys:\n  - hwid: '04:d0:d0:d0:d0:d0:01'\n",
+        "people/erik.yaml": "username: erik\nname: Erik\ngroups: [members, weekend]\n"
+                            "keys:\n  - hwid: '04:e0:e0:e0:e0:e0:01'\n",
+        "groups/weekend.yaml": "name: weekend\naccess:\n  - locks: [front-door]\n    schedule: weekend\n",
+        "schedules/weekend.yaml": "name: weekend\nwindows:\n  - days: [sat, sun]\n    start: '10:00'\n"
+                                  "    end: '16:00'\n",
+    })
+    repository = load_repository(access)
+    explained = CliRunner().invoke(main, ["explain", str(access), "--lock", "front-door", "--person", "dave",
+                                          "--at", "2026-12-25T19:00"])
+    assert explained.output.startswith("ALLOWED")
+
+    write_site(repository, tmp_path / "site")
+    people = tmp_path / "site" / "people"
+    assert "Closed" not in (people / "dave.html").read_text()
+    assert "Closed 2026-12-25</p>" in (people / "bob.html").read_text()
+    # Friday 25 December: the weekend schedule does not open, so erik is locked out that day;
+    # with two schedules at the lock the page names the one that closes.
+    assert "Closed 2026-12-25 under daytime (via members)" in (people / "erik.html").read_text()
+
+
+def test_counts_use_singular_for_one(tmp_path):
+    access = write_access(tmp_path / "access", {
+        "locks/workshop.yaml": None,
+        "groups/workshop.yaml": None,
+        "groups/keyholders.yaml": "name: keyholders\naccess:\n  - locks: [front-door]\n    schedule: always\n",
+        "people/alice.yaml": "username: alice\nname: Alice\ngroups: [members]\n",
+        "people/carol.yaml": None,
+        "locks/front-door.yaml": "name: front-door\ntimezone: Europe/Amsterdam\nbundle:\n  valid_days: 1\n",
+    })
+    write_site(load_repository(access), tmp_path / "site")
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert "2 people, 1 lock." in index
+    lock_page = (tmp_path / "site" / "locks" / "front-door.html").read_text()
+    assert "<dd>1 day</dd>" in lock_page
+    assert "· 1 key" in lock_page
+    assert "1 keys" not in lock_page

@@ -324,6 +324,7 @@ def test_every_problem_reported_sorted(tmp_path):
     assert places == [
         ("groups/members.yaml", 3),
         ("groups/members.yaml", 4),
+        ("locks/front-door.yaml", 1),  # warning: no certificate
         ("locks/front-door.yaml", 2),
         ("people/bob.yaml", 3),
         ("people/zed.yaml", 3),
@@ -399,7 +400,8 @@ def test_model_values(tmp_path):
 
 def test_break_glass_key_shared_by_locks_allowed(tmp_path):
     changes = {
-        "locks/back-door.yaml": "name: back-door\ntimezone: UTC\nbreak_glass:\n  - hwid: '04:11:22:33:44:55:66'\n",
+        "locks/back-door.yaml": f"name: back-door\ntimezone: UTC\ncertificate:\n  sha256: '{'cd' * 32}'\n"
+                                "break_glass:\n  - hwid: '04:11:22:33:44:55:66'\n",
         "groups/members.yaml": "name: members\naccess:\n  - locks: [front-door, back-door]\n    schedule: evenings\n",
     }
     assert problems_of(write_repository(tmp_path, changes)) == []
@@ -596,3 +598,37 @@ def test_structured_garbage_reported_not_raised(tmp_path, kind, document):
     result = check_repository(root)
 
     assert all(problem.message for problem in result.problems)
+
+
+# -- fix lines and warnings a newcomer met --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("hwid", "fix"), [
+    ("08:a2:3b:4c", "enrol another card"),
+    ("08a23b4c", "enrol another card"),
+    ("04:a2:3b:4c:5d", "copy the UID again"),
+    ("04:a2:3b:zz", "copy the UID again"),
+])
+def test_hardware_id_fix_matches_the_error(tmp_path, hwid, fix):
+    changes = {"people/alice.yaml": f"username: alice\nname: Alice\ngroups: [members]\nkeys:\n  - hwid: '{hwid}'\n"}
+    [problem] = problems_of(write_repository(tmp_path, changes))
+
+    assert fix in problem.fix
+    if "random UID" in problem.message:
+        assert "copy the UID again" not in problem.fix
+
+
+def test_lock_without_certificate_warned(tmp_path):
+    changes = {"locks/front-door.yaml": "name: front-door\ntimezone: Europe/Amsterdam\n"}
+    [problem] = problems_of(write_repository(tmp_path, changes))
+
+    assert (problem.file, problem.line, problem.severity) == ("locks/front-door.yaml", 1, "warning")
+    assert "has no 'certificate:'" in problem.message and "403" in problem.message
+    assert "doorlock pki issue-lock front-door" in problem.fix
+
+
+def test_disabled_lock_without_certificate_not_warned(tmp_path):
+    changes = {"locks/front-door.yaml": "name: front-door\ntimezone: Europe/Amsterdam\nenabled: false\n"}
+    problems = problems_of(write_repository(tmp_path, changes))
+
+    assert not any("certificate" in problem.message for problem in problems)

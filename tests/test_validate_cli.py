@@ -15,7 +15,7 @@ from compiler.cli import main
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 
 VALID = {
-    "locks/front-door.yaml": "name: front-door\ntimezone: Europe/Amsterdam\n",
+    "locks/front-door.yaml": f"name: front-door\ntimezone: Europe/Amsterdam\ncertificate:\n  sha256: '{'ab' * 32}'\n",
     "schedules/always.yaml": "name: always\nalways: true\n",
     "groups/members.yaml": "name: members\naccess:\n  - locks: [front-door]\n    schedule: always\n",
     "people/alice.yaml": "username: alice\nname: Alice\ngroups: [members]\nkeys:\n  - hwid: '04:a2:3b:4c'\n",
@@ -147,3 +147,30 @@ def test_example_repository_passes():
     result = run(str(REPOSITORY_ROOT / "access"))
 
     assert result.exit_code == 0, result.output
+
+
+def test_no_path_inside_the_access_repository(tmp_path, monkeypatch):
+    monkeypatch.chdir(write(tmp_path / "access", VALID))
+    result = run()
+
+    assert result.exit_code == 0, result.output
+    assert result.output == "0 errors, 0 warnings\n"
+
+
+def test_no_path_prefers_access_directory(broken, monkeypatch):
+    monkeypatch.chdir(broken.parent)
+    result = run()
+
+    assert result.exit_code == 1
+    assert result.output.startswith("access/people/alice.yaml:3:19: error: unknown group 'nobody'")
+
+
+def test_no_path_outside_repository_rejected(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run()
+
+    assert result.exit_code == 2
+    assert "no access repository here" in result.output
+    assert "access/" in result.output
+    assert "locks/" in result.output
+    assert "people/" in result.output
