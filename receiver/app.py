@@ -29,6 +29,7 @@ from typing import Callable
 
 import fastjsonschema
 import jsonschema
+from cheroot.errors import MaxSizeExceeded
 
 from receiver.config import ReceiverConfig
 from receiver.identity import (
@@ -40,13 +41,18 @@ from receiver.store import (
 
 log = logging.getLogger(__name__)
 
-# NOTE: like the compiler, the receiver reads the schemas from the source tree next to the
-# package (checkouts and editable installs). A wheel would need to ship them as package data.
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+# The schemas are installed inside the compiler package by a wheel (compiler/schemas) and sit
+# next to the packages in a checkout or an editable install.
+_INSTALLED_SCHEMAS = Path(__file__).resolve().parent.parent / "compiler" / "schemas"
+SCHEMA_DIR = _INSTALLED_SCHEMAS if _INSTALLED_SCHEMAS.is_dir() else Path(__file__).resolve().parent.parent / "schemas"
 
 # An oversized body up to this multiple of the limit is read and dropped before the 413; the
 # server closes the connection on anything larger without reading it.
 DISCARD_FACTOR = 4
+
+# Exceptions from reading ``wsgi.input``: a body that is too large, malformed chunking or a
+# client that stopped sending.
+_BODY_READ_ERRORS = (OSError, ValueError, MaxSizeExceeded)
 
 ROUTES = {
     "/v1/unknown-keys": "receiver-unknown-keys",
@@ -233,31 +239,12 @@ class ReceiverApp:
         if content_type and content_type.split(";")[0].strip().lower() != "application/json":
             raise RequestError(415, "Content-Type", f"{content_type!r} is not supported; send application/json")
 
-        limit = self.config.limits.max_body_bytes
-        length_text = environ.get("CONTENT_LENGTH") or ""
-        stream = environ["wsgi.input"]
-        if length_text:
-            try:
-                length = int(length_text)
-            except ValueError:
-                length = -1
-            if length < 0:
-                raise RequestError(400, "Content-Length", f"{length_text!r} is not a valid length")
-            if length > limit:
-                _discard(stream, length)
-                raise RequestError(413, "body", f"{length} bytes is over the limit of {limit} bytes; "
-                                                "send fewer items per batch")
-            data = stream.read(length)
-        elif environ.get("wsgi.input_terminated"):
-            data = stream.read(limit + 1)
-            if len(data) > limit:
-                _discard(stream, DISCARD_FACTOR * limit)
-                raise RequestError(413, "body", f"over the limit of {limit} bytes; send fewer items per batch")
-        else:
-            raise RequestError(411, "Content-Length", "missing; send the body with a Content-Length")
-
+        data = self._read_body(environ)
         try:
-            return json.loads(data, object_pairs_hook=_reject_duplicate_fields, parse_constant=_reject_constant)
+            document = json.loads(data, object_pairs_hook=_reject_duplicate_fields, parse_constant=_reject_constant)
+        except RecursionError:
+            raise RequestError(400, "body", "arrays or objects nested too deeply to parse; the request "
+                                            "bodies nest four levels at most") from None
         except UnicodeDecodeError as error:
             raise RequestError(400, "body", f"not UTF-8: {error.reason} at byte {error.start}") from None
         except json.JSONDecodeError as error:
@@ -265,6 +252,39 @@ class ReceiverApp:
                                             f"{error.msg}") from None
         except _DuplicateField as error:
             raise RequestError(400, "body", str(error)) from None
+        return document
+
+    def _read_body(self, environ: dict) -> bytes:
+        limit = self.config.limits.max_body_bytes
+        length_text = environ.get("CONTENT_LENGTH") or ""
+        stream = environ["wsgi.input"]
+        try:
+            if length_text:
+                try:
+                    length = int(length_text)
+                except ValueError:
+                    length = -1
+                if length < 0:
+                    raise RequestError(400, "Content-Length", f"{length_text!r} is not a valid length")
+                if length > limit:
+                    _discard(stream, length)
+                    raise RequestError(413, "body", f"{length} bytes is over the limit of {limit} bytes; "
+                                                    "send fewer items per batch")
+                return stream.read(length)
+            if environ.get("wsgi.input_terminated"):
+                data = stream.read(limit + 1)
+                if len(data) > limit:
+                    _discard(stream, DISCARD_FACTOR * limit)
+                    raise RequestError(413, "body", f"over the limit of {limit} bytes; send fewer items per batch")
+                return data
+        except _BODY_READ_ERRORS as error:
+            # cheroot raises these for a chunked body over its own limit or with a broken
+            # chunk header, and the socket for a client that stopped sending.
+            if isinstance(error, MaxSizeExceeded) or "Too Large" in str(error):
+                raise RequestError(413, "body", f"over the limit of {limit} bytes; send fewer items "
+                                                "per batch") from None
+            raise RequestError(400, "body", f"cannot be read: {error}") from None
+        raise RequestError(411, "Content-Length", "missing; send the body with a Content-Length")
 
     # --- 4 and 5. validation --------------------------------------------------------------
 
@@ -312,7 +332,7 @@ class ReceiverApp:
             self.store.record_contact(Contact(push.lock.lock, push.certificate_sha256, push.received_at, offset))
             raise RequestError(422, "sent_at", f"{push.body['sent_at']} is {offset} seconds ahead of the "
                                                f"receiver's clock (tolerance {tolerance} s); fix the lock's "
-                                               "clock (NTP) and send again")
+                                               "clock (NTP)")
 
     def _not_in_future(self, push: Push, value: str, field: str) -> int:
         seconds = _timestamp(value, field)
@@ -410,13 +430,20 @@ class ReceiverApp:
 
     def _log_rejection(self, error: RequestError, lock: PublishedLock | None, batch_id: object, path: str) -> None:
         client_name = lock.lock if lock is not None else "unidentified client"
-        key = (client_name, error.status, error.field)
+        # An unidentified client's message names its certificate, so each unknown or disabled
+        # lock is logged, not only the first one of the minute.
+        key = (client_name, error.status, error.field, str(error) if lock is None else None)
         repeats = self._rejections.count(key)
         if repeats is None:
             return
         suffix = f" ({repeats} similar rejections not logged)" if repeats else ""
+        message = str(error)
+        if error.field.endswith("hwid"):
+            # The rejected value may be a card's full UID (in capitals, say), which the log
+            # must not show; the lock gets it back in the answer.
+            message = f"{error.field}: not a valid hardware id (value left out of the log)"
         log.warning("rejected %s from %s (batch %s) with %d: %s%s", path, client_name,
-                    batch_id if isinstance(batch_id, str) else "-", error.status, error, suffix)
+                    batch_id if isinstance(batch_id, str) else "-", error.status, message, suffix)
 
 
 class _RepeatCounter:
@@ -444,11 +471,15 @@ class _RepeatCounter:
 def _discard(stream, length: int) -> None:
     """Read and drop an oversized body, so that the client, still sending, receives the 413."""
     remaining = length
-    while remaining > 0:
-        chunk = stream.read(min(remaining, 65536))
-        if not chunk:
-            return
-        remaining -= len(chunk)
+    try:
+        while remaining > 0:
+            chunk = stream.read(min(remaining, 65536))
+            if not chunk:
+                return
+            remaining -= len(chunk)
+    except _BODY_READ_ERRORS:
+        # Past cheroot's limit: the server closes the connection after the 413.
+        return
 
 
 class _DuplicateField(ValueError):

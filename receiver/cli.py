@@ -31,11 +31,12 @@ def serve(config_path: Path, ready_file: Path | None, log_level: str) -> None:
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
 
-    from receiver.server import serve as run
+    from receiver.server import TLSSetupError, serve as run
+    from receiver.store import StoreError
 
     try:
         run(config, ready_file)
-    except ManifestError as error:
+    except (ManifestError, TLSSetupError, StoreError) as error:
         raise click.ClickException(str(error)) from None
     except (OSError, RuntimeError) as error:
         raise click.ClickException(f"receiver cannot start: {error}") from None

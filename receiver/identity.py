@@ -88,6 +88,7 @@ def load_manifest(path: Path) -> Manifest:
 
     by_name: dict[str, PublishedLock] = {}
     by_certificate: dict[str, PublishedLock] = {}
+    sharing: dict[str, list[str]] = {}
     for name, entry in bundles.items():
         if not isinstance(entry, dict):
             raise ManifestError(f"manifest {path}: bundles.{name} must be an object")
@@ -102,7 +103,17 @@ def load_manifest(path: Path) -> Manifest:
         )
         by_name[name] = published
         if published.certificate_sha256:
-            by_certificate[published.certificate_sha256.replace(":", "")] = published
+            fingerprint = published.certificate_sha256.replace(":", "")
+            sharing.setdefault(fingerprint, []).append(name)
+            by_certificate[fingerprint] = published
+
+    # One certificate for two locks would let either lock write the other's rows, so neither
+    # is accepted until the access repository gives each lock its own certificate.
+    for fingerprint, names in sharing.items():
+        if len(names) > 1:
+            del by_certificate[fingerprint]
+            log.error("manifest %s: locks %s have the same certificate (sha256 %s); pushes with it get "
+                      "403 until each lock has its own certificate", path, ", ".join(sorted(names)), fingerprint)
     return Manifest(by_name, by_certificate)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import click
@@ -126,10 +127,14 @@ def _config(config_path: Path):
 
 
 def _query(function, *arguments) -> list[dict]:
+    database = arguments[0]
     try:
         return function(*arguments)
     except queries.DatabaseNotFound as error:
         raise click.ClickException(str(error)) from None
+    except sqlite3.Error as error:
+        raise click.ClickException(f"receiver database {database} cannot be read: {error}; check --db or "
+                                   "[data] database: it must be the receiver's SQLite file") from None
 
 
 def _key_owners(access_path: Path) -> tuple[dict[str, tuple[str, str]], set[str]]:

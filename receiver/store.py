@@ -104,6 +104,10 @@ class BatchConflict(Exception):
     """A batch id that this lock already used for different content."""
 
 
+class StoreError(RuntimeError):
+    """The database cannot be opened, or its schema is newer than this receiver."""
+
+
 @dataclass(frozen=True)
 class UnknownKey:
     hwid: str
@@ -194,8 +198,8 @@ def migrate(connection: sqlite3.Connection) -> int:
     try:
         version = connection.execute("PRAGMA user_version").fetchone()[0]
         if version > len(MIGRATIONS):
-            raise RuntimeError(f"database schema version {version} is newer than this receiver "
-                               f"({len(MIGRATIONS)}); upgrade doorlock")
+            raise StoreError(f"database schema version {version} is newer than this receiver "
+                             f"({len(MIGRATIONS)}); upgrade doorlock")
         for number in range(version + 1, len(MIGRATIONS) + 1):
             for statement in _statements(MIGRATIONS[number - 1]):
                 connection.execute(statement)
@@ -206,6 +210,23 @@ def migrate(connection: sqlite3.Connection) -> int:
     except BaseException:
         connection.execute("ROLLBACK")
         raise
+
+
+def _open_for_writing(path: Path) -> sqlite3.Connection:
+    """Open (or create) the database and bring its schema up to date."""
+    connection = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        connection = connect(path)
+        migrate(connection)
+        return connection
+    except (OSError, sqlite3.Error, StoreError) as error:
+        if connection is not None:
+            connection.close()
+        if isinstance(error, StoreError):
+            raise StoreError(f"receiver database {path}: {error}") from None
+        raise StoreError(f"receiver database {path}: {error}; check [data] database: the file must be "
+                         "a receiver database (or absent) in a directory the receiver can write") from None
 
 
 def _statements(script: str) -> list[str]:
@@ -231,9 +252,7 @@ class SQLiteStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._connection = connect(self.path)
-        migrate(self._connection)
+        self._connection = _open_for_writing(self.path)
         self._pending: list[_Job] = []
         self._pending_lock = threading.Lock()
         self._commit_lock = threading.Lock()

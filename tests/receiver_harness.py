@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import resource
 import signal
 import ssl
 import subprocess
@@ -83,6 +84,7 @@ class ReceiverSite:
 
         pki.init_ca(self.ca_dir)
         self.server_cert, self.server_key = pki.issue_server(self.ca_dir, "127.0.0.1", self.certs_dir)
+        self.precision = precision
         self.locks: dict[str, LockIdentity] = {}
         for name, keys in locks.items():
             cert, key, sha = pki.issue_lock(self.ca_dir, name, self.certs_dir)
@@ -110,6 +112,18 @@ max_items = {max_items}
 clock_tolerance_seconds = {clock_tolerance}
 """)
 
+    def add_lock(self, name: str, keys: list[str] = ()) -> LockIdentity:
+        """Issue a certificate for a new lock and publish a manifest that includes it."""
+        cert, key, sha = pki.issue_lock(self.ca_dir, name, self.certs_dir)
+        self.locks[name] = LockIdentity(name, cert, key, sha, list(keys), self.precision)
+        self.publish()
+        return self.locks[name]
+
+    def remove_lock(self, name: str) -> None:
+        """Publish a manifest without ``name``, as when its file is deleted from the access repository."""
+        del self.locks[name]
+        self.publish()
+
     @property
     def ca_certificate(self) -> Path:
         return self.ca_dir / "ca.crt"
@@ -124,14 +138,21 @@ clock_tolerance_seconds = {clock_tolerance}
         temporary.write_text(json.dumps(manifest))
         os.replace(temporary, self.publish_dir / "manifest.json")
 
-    def start(self, timeout: float = 30.0) -> str:
-        """Start the receiver subprocess and return its base URL once it accepts connections."""
+    def start(self, timeout: float = 30.0, open_files: int | None = None) -> str:
+        """Start the receiver subprocess and return its base URL once it accepts connections.
+
+        ``open_files`` sets the process's soft and hard limit of open file descriptors.
+        """
         self.ready_file.unlink(missing_ok=True)
         log = open(self.log_path, "ab")
+        limit = None
+        if open_files is not None:
+            def limit():
+                resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "receiver", "serve", "--config", str(self.config_path),
              "--ready-file", str(self.ready_file)],
-            cwd=ROOT, stdout=log, stderr=log)
+            cwd=ROOT, stdout=log, stderr=log, preexec_fn=limit)
         log.close()
         deadline = time.monotonic() + timeout
         while not self.ready_file.exists():

@@ -286,6 +286,54 @@ def test_connection_without_certificate_refused(site):
     assert wait_for_log(site, "PEER_DID_NOT_RETURN_A_CERTIFICATE")
 
 
+def test_silent_connections_hold_no_worker(site):
+    """More clients than worker threads connect and send nothing; a lock is still served.
+
+    The receiver closes a silent connection after its socket timeout. Had the silent clients
+    occupied the workers, the lock's request would be served only after that, when the server
+    had already closed them.
+    """
+    port = int(site.url.rsplit(":", 1)[1])
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(24)]
+    try:
+        answer = post(site.session("front-door"), site, "status", status_body())
+        still_open = [_open_without_data(sock) for sock in silent]
+    finally:
+        for sock in silent:
+            sock.close()
+
+    assert answer.status_code == 200, answer.text
+    assert all(still_open)
+
+
+def _open_without_data(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        sock.recv(1)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+@pytest.mark.parametrize("garbage", [b"GET /v1/health HTTP/1.1\r\nHost: receiver\r\n\r\n", bytes(range(256)) * 4],
+                         ids=["plain HTTP", "binary"])
+def test_garbage_instead_of_tls_closed_and_logged(site, garbage):
+    port = int(site.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(garbage)
+        sock.settimeout(30)
+        try:
+            answer = sock.recv(65536)
+        except ConnectionResetError:
+            answer = b""
+
+    assert b"HTTP/" not in answer
+    assert wait_for_log(site, "TLS handshake with 127.0.0.1 failed")
+    assert site.session("front-door").get(f"{site.url}/v1/health", timeout=30).status_code == 200
+
+
 def wait_for_log(site: ReceiverSite, text: str, timeout: float = 10.0) -> bool:
     """Return True once ``text`` appears in the receiver's log (it writes after the client saw the alert)."""
     deadline = time.monotonic() + timeout
@@ -306,6 +354,38 @@ def test_disabled_lock_gets_403_and_is_logged(site):
     assert answer.status_code == 403
     assert answer.json()["field"] == "certificate"
     assert "does not belong to an enabled lock" in site.log()
+
+
+def test_lock_added_to_manifest_accepted_without_restart(site):
+    garage = site.add_lock("garage")
+    try:
+        answer = post(site.session("garage"), site, "status", status_body())
+    finally:
+        site.remove_lock("garage")
+    removed = post(_session_for(site, garage), site, "status", status_body())
+
+    assert answer.status_code == 200, answer.text
+    assert [row["lock"] for row in queries.locks(site.database) if row["lock"] == "garage"] == ["garage"]
+    assert removed.status_code == 403
+    assert removed.json()["field"] == "certificate"
+
+
+def _session_for(site: ReceiverSite, identity) -> requests.Session:
+    session = site.session(None)
+    session.cert = (str(identity.certificate), str(identity.private_key))
+    return session
+
+
+def test_every_rejected_certificate_logged(site):
+    site.publish(disabled=("cellar", "back-door"))
+    try:
+        answers = [post(site.session(lock), site, "status", status_body()) for lock in ("cellar", "back-door")]
+    finally:
+        site.publish()
+
+    assert [answer.status_code for answer in answers] == [403, 403]
+    assert site.locks["cellar"].sha256 in site.log()
+    assert site.locks["back-door"].sha256 in site.log()
 
 
 def test_unknown_path_and_method(site, front):
@@ -333,6 +413,7 @@ def _bad_unknown_keys() -> list[tuple[str, object, int, str]]:
     return [
         ("malformed JSON", b'{"batch_id": ', 400, "body"),
         ("NaN constant", b'{"batch_id": NaN}', 400, "body"),
+        ("nested too deeply", b'{"batch_id": ' + b"[" * 8000 + b"]" * 8000 + b"}", 400, "body"),
         ("duplicate field", b'{"batch_id": "a", "batch_id": "b"}', 400, "body"),
         ("not an object", [1, 2], 422, "body"),
         ("missing batch_id", changed(lambda b: b.pop("batch_id")), 422, "batch_id"),
@@ -432,6 +513,41 @@ def test_bad_status_rejected_without_write(site, front, case):
     assert answer.status_code == 422, answer.text
     assert answer.json()["field"] == field
     assert snapshot(site.database) == before
+
+
+@pytest.mark.parametrize("chunk_size", [4096, 100_000], ids=["small chunks", "one large chunk"])
+def test_chunked_body_far_over_limit_gets_413(site, front, chunk_size):
+    """A chunked body (no Content-Length) over four times the limit, where cheroot stops reading.
+
+    The receiver answers 413 and closes the connection with part of the body unread, so the
+    client, still sending, may see the connection reset before it reads the answer.
+    """
+    total = 6 * 16384
+    chunks = (b"x" * chunk_size for _ in range(total // chunk_size + 1))
+
+    try:
+        answer = front.post(f"{site.url}/v1/status", data=chunks, headers={"Content-Type": "application/json"},
+                            timeout=30)
+    except requests.exceptions.ConnectionError:
+        answer = None
+
+    if answer is not None:
+        assert answer.status_code == 413
+        assert answer.json()["field"] == "body"
+    assert "unexpected error" not in site.log()
+
+
+def test_rejected_hwid_not_logged(site):
+    now = time.time()
+    uid = "04:5C:A1:7E:22:90:3B"
+    body = unknown_keys_body(unknown_item(uid, now - 60, now - 30))
+
+    answer = post(site.session("cellar"), site, "unknown-keys", body)
+
+    assert answer.status_code == 422
+    assert answer.json()["field"] == "items[0].hwid"
+    assert wait_for_log(site, "items[0].hwid: not a valid hardware id")
+    assert uid not in site.log()
 
 
 def test_wrong_content_type_rejected(site, front):

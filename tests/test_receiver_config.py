@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from compiler.cli import main
 from receiver.config import ConfigError, load_config
+from tests.receiver_harness import ReceiverSite
 
 BASE = """
 [data]
@@ -70,3 +71,48 @@ def test_serve_reports_missing_manifest(tmp_path):
 
     assert result.exit_code == 1
     assert "manifest.json not found" in result.output
+
+
+@pytest.fixture()
+def site_config(tmp_path) -> tuple[ReceiverSite, str]:
+    site = ReceiverSite(tmp_path / "site", {"front-door": []})
+    return site, site.config_path.read_text()
+
+
+def serve_with(site: ReceiverSite, text: str):
+    site.config_path.write_text(text)
+    return CliRunner().invoke(main, ["receiver", "serve", "--config", str(site.config_path)])
+
+
+@pytest.mark.parametrize("key, replacement, expected", [
+    ("certificate", "missing.crt", "[tls] certificate"),
+    ("private_key", "front-door.key", "[tls] certificate"),
+    ("client_ca", "missing-ca.crt", "[tls] client_ca"),
+])
+def test_serve_names_tls_file_that_cannot_be_loaded(site_config, key, replacement, expected):
+    site, text = site_config
+    lines = [f'{key} = "{site.certs_dir / replacement}"' if line.startswith(f"{key} =") else line
+             for line in text.splitlines()]
+
+    result = serve_with(site, "\n".join(lines))
+
+    assert result.exit_code == 1
+    assert expected in result.output
+    assert replacement in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("name, content", [("not-a-database.sqlite", b"just text"), ("a-file/receiver.sqlite", None)])
+def test_serve_names_database_that_cannot_be_opened(site_config, name, content):
+    site, text = site_config
+    if content is not None:
+        (site.directory / name).write_bytes(content)
+    else:
+        (site.directory / "a-file").write_text("a file where a directory should be")
+    database = site.directory / name
+
+    result = serve_with(site, text.replace(f'database = "{site.database}"', f'database = "{database}"'))
+
+    assert result.exit_code == 1
+    assert f"receiver database {database}" in result.output
+    assert "Traceback" not in result.output

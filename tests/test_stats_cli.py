@@ -144,3 +144,14 @@ def test_no_source_is_usage_error():
 
     assert code == 2
     assert "--db FILE" in output
+
+
+def test_file_that_is_no_database_named(tmp_path):
+    not_a_database = tmp_path / "notes.sqlite"
+    not_a_database.write_text("these are notes, not a database")
+
+    code, output = run("unknown-keys", "--db", str(not_a_database))
+
+    assert code == 1
+    assert "notes.sqlite cannot be read" in output
+    assert "Traceback" not in output
