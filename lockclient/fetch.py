@@ -2,8 +2,8 @@
 
 - The session ignores the environment (``trust_env = False``): ``REQUESTS_CA_BUNDLE``,
   ``CURL_CA_BUNDLE``, proxies and ``.netrc`` cannot replace the pinned private CA.
-- Connect and read timeouts bound each network wait; an overall deadline bounds the whole
-  download, so a server that trickles one byte at a time is cut off too.
+- Connect and read timeouts bound each network wait; an overall deadline bounds the body, so
+  a server that trickles it one byte at a time is cut off too.
 - The body is streamed and abandoned as soon as it passes the size cap.
 - Conditional GET with ``If-None-Match``; a ``304`` without an ``ETag`` keeps the old one.
 - :class:`Backoff` spaces out retries exponentially with jitter.
@@ -72,6 +72,9 @@ class Fetcher:
         """GET ``url``; return the body, or a not-modified result; raise :class:`FetchError`."""
         headers = {"If-None-Match": etag} if etag else {}
         deadline = self.monotonic() + self.settings.deadline
+        # NOTE: the deadline is checked while the body streams. The TLS handshake and the
+        # response headers are bounded only per read by read_timeout, so a peer that trickles
+        # them can hold this thread longer; the systemd watchdog on the update loop is the limit.
         try:
             response = self.session.get(
                 url, headers=headers, stream=True,
