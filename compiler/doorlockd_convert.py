@@ -377,6 +377,24 @@ def _person_document(dump: DoorlockdDump, pk: int, usernames: dict[int, str],
 
 
 def _report_unmapped(dump: DoorlockdDump, report: MigrationReport) -> None:
+    key_hwids = {key.hwid for key in dump.keys.values() if key.hwid} | {
+        key.raw_hwid.strip().lower() for key in dump.keys.values()}
+    unknown_hwids = {row.hwid.strip().lower() for row in dump.unknown_keys.values()}
+    empty = sum(1 for hwid, metadata in dump.key_metadata.items() if hwid in key_hwids and not metadata.data)
+    unknown = sum(1 for hwid in dump.key_metadata if hwid not in key_hwids and hwid in unknown_hwids)
+    orphaned = sum(1 for hwid in dump.key_metadata if hwid not in key_hwids and hwid not in unknown_hwids)
+    if empty:
+        report.add(SKIPPED, "metadata-empty", "doorlockdb.keymetadata",
+                   f"{empty} row(s) of keys hold no data ({{}}); nothing to keep")
+    if unknown:
+        report.add(SKIPPED, "metadata-unknown-key", "doorlockdb.keymetadata",
+                   f"{unknown} row(s) describe unknown cards, not keys; with --stats-db their card "
+                   "type goes into the receiver database with the unknown keys")
+    if orphaned:
+        report.add(SKIPPED, "metadata-orphaned", "doorlockdb.keymetadata",
+                   f"{orphaned} row(s) belong to no key and no unknown card; left out")
+    report.count("access groups", len(dump.access_groups))
+    report.count("rulesets", len(dump.rulesets))
     for model, count in sorted(dump.ignored_models.items()):
         report.add(NOTE, "model-ignored", model, f"{count} record(s) not imported: nothing here corresponds to them")
     report.count("rules read", len(dump.rules))

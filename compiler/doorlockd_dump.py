@@ -239,6 +239,9 @@ def load_dump(path: str | Path) -> DoorlockdDump:
     problems: list[DumpProblem] = []
     dump = DoorlockdDump(path=path)
     typed: dict[str, dict[int, tuple[_Record, dict]]] = {model: {} for model in _FIELDS}
+    # Records that are there but have problems of their own: a reference to one of them is not
+    # reported again as a reference to a missing record.
+    unreadable: dict[str, set] = {model: set() for model in _FIELDS}
     for record in records:
         if record.model not in _FIELDS:
             label = f"{APP}.{record.model}" if "." not in record.model else record.model
@@ -246,6 +249,7 @@ def load_dump(path: str | Path) -> DoorlockdDump:
             continue
         values = _check_fields(path, record, problems)
         if values is None:
+            unreadable[record.model].add(record.pk)
             continue
         previous = typed[record.model].get(record.pk)
         if previous is not None:
@@ -261,7 +265,7 @@ def load_dump(path: str | Path) -> DoorlockdDump:
             str(path), 0, f"no {APP} records found",
             f"export with `manage.py dumpdata {APP} --indent 2 > dump.json`",
         ))
-    _check_references(path, typed, problems)
+    _check_references(path, typed, unreadable, problems)
     _build(dump, typed)
     _check_hwids(path, typed, dump, problems)
 
@@ -439,12 +443,14 @@ def _parse_time(value: Any) -> time:
     return parsed
 
 
-def _check_references(path: Path, typed: dict, problems: list[DumpProblem]) -> None:
+def _check_references(path: Path, typed: dict, unreadable: dict, problems: list[DumpProblem]) -> None:
     for (model, field_name), target in _TARGETS.items():
         for pk, (record, values) in sorted(typed[model].items()):
             value = values[field_name]
             referenced = value if isinstance(value, tuple) else (value,)
             for target_pk in referenced:
+                if target_pk is not None and target_pk in unreadable[target]:
+                    continue  # the target's own problem is reported already
                 if target_pk is not None and target_pk not in typed[target]:
                     problems.append(_problem(
                         path, record, f"points to {APP}.{target} pk {target_pk}, which does not exist",
@@ -453,7 +459,7 @@ def _check_references(path: Path, typed: dict, problems: list[DumpProblem]) -> N
                     ))
     # A keys-last-seen row shares its primary key with its key.
     for pk, (record, _) in sorted(typed["logkeylastseen"].items()):
-        if pk not in typed["key"]:
+        if pk not in typed["key"] and pk not in unreadable["key"]:
             problems.append(_problem(
                 path, record, f"belongs to {APP}.key pk {pk}, which does not exist",
                 "remove the row or export the whole app again", "pk",

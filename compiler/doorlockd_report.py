@@ -81,8 +81,9 @@ def format_report(report: MigrationReport, dump_path: Path, out_dir: Path, timez
         f"  keys          {counts.get('keys', 0):4d}  ({counts.get('keys disabled', 0)} disabled, "
         f"{counts.get('keys skipped', 0)} skipped)",
         f"  groups        {counts.get('groups', 0):4d}  ({counts.get('groups disabled', 0)} disabled), "
-        f"{counts.get('access rules', 0)} access rules",
-        f"  schedules     {counts.get('schedules', 0):4d}",
+        f"{counts.get('access rules', 0)} access rules from {counts.get('access groups', 0)} access groups",
+        f"  schedules     {counts.get('schedules', 0):4d}  from {counts.get('rulesets', 0)} rulesets "
+        "(a rule limited by after/before gets a schedule of its own)",
         f"  locks         {counts.get('locks', 0):4d}  ({counts.get('locks disabled', 0)} disabled)",
         f"  rules         {counts.get('rules read', 0):4d}  read: {exact_rules} exact, "
         f"{changed_rules} changed, {skipped_rules} skipped",

@@ -69,6 +69,9 @@ def doorlockd(dump_path: Path, out_dir: Path, timezone_name: str, keep_doorlockd
         sys.exit(1)
 
     converted = convert_dump(dump, timezone_name, keep_doorlockd_behaviour, now)
+    if stats_db is None:
+        _report_statistics_left_out(dump, converted)
+    stats_lines: list[str] = []
     try:
         check_target(out_dir, force)
         # Statistics go first: a database error then leaves no repository behind, and the
@@ -82,6 +85,9 @@ def doorlockd(dump_path: Path, out_dir: Path, timezone_name: str, keep_doorlockd
     except OSError as error:
         click.echo(f"error: cannot write {out_dir}: {error.strerror or error}", err=True)
         click.echo(f"{out_dir} was left as it was", err=True)
+        if stats_lines:
+            click.echo(f"the statistics were loaded into {stats_db} already; importing the same dump "
+                       "again does not load them twice", err=True)
         sys.exit(1)
 
     click.echo(format_report(converted.report, dump_path, out_dir, timezone_name, stats_lines))
@@ -94,6 +100,16 @@ def _import_statistics(dump, converted: ConvertedRepository, stats_db: Path) -> 
         return import_statistics(dump, converted, stats_db)
     except StatisticsImportError as error:
         raise ImportTargetError(f"statistics not loaded: {error}") from None
+
+
+def _report_statistics_left_out(dump, converted: ConvertedRepository) -> None:
+    from compiler.doorlockd_report import SKIPPED
+
+    for model, rows in (("doorlockdb.logunknownkey", dump.unknown_keys), ("doorlockdb.logkeylastseen", dump.last_seen)):
+        if rows:
+            converted.report.add(SKIPPED, "statistics-not-loaded", model,
+                                 f"{len(rows)} row(s) not loaded: pass --stats-db FILE to load them into "
+                                 "the statistics receiver's database")
 
 
 def _parse_now(text: str | None) -> datetime:

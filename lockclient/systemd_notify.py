@@ -65,8 +65,11 @@ class Notifier:
         message = "\n".join(assignments).encode("utf-8")
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                # Never wait: a receiver whose queue is full (systemd busy or re-executing) must
+                # not hold up the caller, which may be the shutdown that locks the strike.
+                sock.setblocking(False)
                 sock.connect(self.address)
-                sock.sendall(message)
+                sock.send(message)
         except OSError as error:
             # Notifications are advisory: a missing socket must not stop the door.
             log.warning("sd_notify %s failed: %s", assignments[0].split("=")[0] if assignments else "", error)

@@ -36,7 +36,7 @@ from lockclient import dsse
 from lockclient.hwid import normalize_hwid
 from tests.doorlockd_reference import DoorlockdReference, ReferenceRule
 
-DUMP = Path(__file__).resolve().parents[2] / "shared" / "doorlockd" / "dump.json"
+DUMP = Path(__file__).resolve().parent / "data" / "doorlockd" / "dump.json"
 TIMEZONE = "Europe/Amsterdam"
 IMPORT_NOW = "2026-12-04T21:00:00Z"  # when the dump was taken: rule 7 has expired by then
 
@@ -122,6 +122,25 @@ def test_report_names_deliberate_differences(tmp_path):
     assert re.search(r"key pk 43 of person 'Person 25' \(pk 25\): is enabled but its owner is disabled", output)
     assert re.search(r"rule 1 of ruleset 'office-hours': time_end 17:00:00 was inclusive", output)
     assert "people          40  (3 disabled)" in output
+
+
+def test_report_accounts_for_every_record(tmp_path):
+    """Each count of the report adds up to the dump's own counts, or the difference is explained."""
+    output = import_dump(tmp_path / "access").output
+    records = load_records()
+    metadata_rows = sum(1 for record in records if record["model"] == "doorlockdb.keymetadata")
+
+    kept = int(re.search(r"key metadata\s+(\d+)\s+kept as comments", output).group(1))
+    left_out = sum(int(count) for count in re.findall(r"doorlockdb\.keymetadata: (\d+) row\(s\)", output))
+    assert (kept, kept + left_out) == (30, metadata_rows)
+    assert "9 row(s) describe unknown cards" in output
+    assert "9 access rules from 5 access groups" in output
+    assert "6  from 5 rulesets" in output
+    # Without --stats-db the history is named as not loaded, never dropped silently.
+    assert re.search(r"doorlockdb\.logunknownkey: 9 row\(s\) not loaded: pass --stats-db", output)
+    assert re.search(r"doorlockdb\.logkeylastseen: 15 row\(s\) not loaded: pass --stats-db", output)
+    with_stats = import_dump(tmp_path / "again", "--stats-db", tmp_path / "stats.db").output
+    assert "not loaded: pass --stats-db" not in with_stats
 
 
 def test_keep_doorlockd_behaviour_leaves_out_overnight(tmp_path):
@@ -413,6 +432,21 @@ def test_malformed_dump_rejected(tmp_path, name, damage, message):
     assert list(tmp_path.iterdir()) == [dump]  # no temporary directory left behind
 
 
+def test_broken_record_reported_once(tmp_path):
+    """A person with a missing field is one problem; its keys are not also called dangling."""
+    records = load_records()
+    del find(records, "person", 3)["fields"]["is_enabled"]
+    dump = tmp_path / "dump.json"
+    dump.write_text(json.dumps(records, indent=2))
+
+    result = import_dump(tmp_path / "access", dump=dump)
+
+    assert result.exit_code == 1
+    assert re.search(r"doorlockdb\.person pk 3 field is_enabled: field is missing", result.output)
+    assert "1 problem(s)" in result.output, result.output
+    assert not (tmp_path / "access").exists()
+
+
 @pytest.mark.parametrize("text, message", [
     ('[{"model": "doorlockdb.person", "pk": 1,, }]', r"dump\.json:1: not valid JSON"),
     ("This is not JSON\n", r"not valid JSON"),
@@ -472,6 +506,23 @@ def test_statistics_loaded_into_receiver_database(tmp_path):
     assert len(seen) == 15
     assert seen[("workshop", "04:fb:04:b4:2a:68:58")]["window_start"] == "2026-11-20T00:00:00Z"
     assert seen[("workshop", "04:fb:04:b4:2a:68:58")]["window_end"] == "2026-11-21T00:00:00Z"
+
+
+def test_statistics_shown_by_stats_cli(tmp_path):
+    """What an admin runs after the import: the doorlockd history is in `doorlock stats`."""
+    stats_db = tmp_path / "stats.db"
+    assert import_dump(tmp_path / "access", "--stats-db", stats_db).exit_code == 0
+
+    unknown = run("stats", "unknown-keys", "--db", stats_db)
+    seen = run("stats", "last-seen", "--db", stats_db)
+
+    assert unknown.exit_code == 0, unknown.output
+    assert re.search(r"front-door\s+11:32:5b:9b\s+5\s+\S+\s+2026-11-25T12:15:00Z", unknown.output)
+    assert re.search(r"storage-room\s+f5:2d:1c:46\s+7\s+.*NXP NTAG213", unknown.output)
+    assert len([line for line in unknown.output.splitlines() if line.strip()]) == 1 + 9
+    assert seen.exit_code == 0, seen.output
+    assert re.search(r"workshop\s+04:fb:04:b4:2a:68:58\s+2026-11-20T00:00:00Z\s+2026-11-21T00:00:00Z", seen.output)
+    assert len([line for line in seen.output.splitlines() if line.strip()]) == 1 + 15
 
 
 def test_statistics_reimport_does_not_double_count(tmp_path):

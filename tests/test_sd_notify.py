@@ -71,6 +71,24 @@ def test_missing_socket_does_not_raise(tmp_path):
     assert notifier.ready() is False
 
 
+def test_full_notify_queue_never_blocks(notify_socket):
+    """A receiver that stops reading (systemd busy) fills the socket queue: sending gives up at
+    once instead of blocking the caller, which may be the shutdown that locks the strike."""
+    path, _ = notify_socket
+    notifier = Notifier({"NOTIFY_SOCKET": path})
+    results: list[bool] = []
+
+    def flood():
+        results.extend(notifier.watchdog() for _ in range(2000))
+
+    thread = threading.Thread(target=flood, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "sd_notify blocked on a full queue"
+    assert results[0] is True
+    assert results[-1] is False
+
+
 @pytest.mark.parametrize("environ, seconds", [
     ({"WATCHDOG_USEC": "30000000"}, 30.0),
     ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}, 30.0),
