@@ -107,7 +107,12 @@ def test_make_test_installs_packages_first(tmp_path):
     # What `make test` would run on a fresh checkout (no .venv yet), in order.
     shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    result = subprocess.run(["make", "-n", "test"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    # Under `make test` the outer make's MAKELEVEL would make this one print "Entering
+    # directory /tmp/pytest-of-…" lines, which contain "pytest".
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    result = subprocess.run(["make", "--no-print-directory", "-n", "test"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60, env=environment)
     assert result.returncode == 0, result.stderr
     steps = result.stdout.splitlines()
 
@@ -115,4 +120,4 @@ def test_make_test_installs_packages_first(tmp_path):
         return next(i for i, step in enumerate(steps) if fragment in step)
 
     assert position("install-system-packages venv") < position("-m venv .venv")
-    assert position("-m venv .venv") < position("install-system-packages test") < position("pytest")
+    assert position("-m venv .venv") < position("install-system-packages test") < position("pytest -q")
