@@ -97,6 +97,7 @@ def validate_repository(
 
     _check_references(repository, state.broken_ids, report)
     _check_hardware_ids(repository, report)
+    _check_shared_certificates(repository, report)
     # A group file that failed to load may be the one that reaches a lock.
     if not state.broken_ids["group"]:
         _check_unreached_locks(repository, report)
@@ -409,6 +410,24 @@ def _claim(owners: dict[str, tuple[Source, str]], hwid: str, source: Source, pla
         f"hardware id {hwid} of this {place} is already used by the {first_place} at {first_source}",
         "one card belongs to one key: remove the old entry or correct the id",
     )
+
+
+def _check_shared_certificates(repository: AccessRepository, report: _Reporter) -> None:
+    # The receiver identifies a lock by its certificate fingerprint, so two locks with one
+    # certificate could write each other's statistics; it rejects both, and so does this check.
+    first_lock: dict[str, Lock] = {}
+    for lock in sorted(repository.locks.values(), key=lambda item: item.source.file):
+        if lock.certificate_sha256 is None:
+            continue
+        other = first_lock.setdefault(lock.certificate_sha256, lock)
+        if other is lock:
+            continue
+        report.error(
+            report.source(lock.source, ("certificate", "sha256")),
+            f"lock {lock.name!r} has the same certificate sha256 as lock {other.name!r} at {other.source}",
+            f"give each lock its own certificate: run 'doorlock pki issue-lock {lock.name}' and paste "
+            "the 'certificate:' lines it prints",
+        )
 
 
 def _check_unreached_locks(repository: AccessRepository, report: _Reporter) -> None:

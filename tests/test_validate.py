@@ -632,3 +632,16 @@ def test_disabled_lock_without_certificate_not_warned(tmp_path):
     problems = problems_of(write_repository(tmp_path, changes))
 
     assert not any("certificate" in problem.message for problem in problems)
+
+
+def test_certificate_shared_by_two_locks_rejected(tmp_path):
+    changes = {
+        "locks/back-door.yaml": f'name: back-door\ntimezone: Europe/Amsterdam\ncertificate:\n  sha256: "{FINGERPRINT}"\n',
+        "groups/members.yaml": "name: members\naccess:\n  - locks: [front-door, back-door]\n    schedule: evenings\n",
+    }
+    [problem] = problems_of(write_repository(tmp_path, changes))
+
+    # Files are checked in name order, so the second file in that order carries the error.
+    assert (problem.file, problem.line, problem.severity) == ("locks/front-door.yaml", 4, "error")
+    assert "same certificate sha256 as lock 'back-door'" in problem.message
+    assert "doorlock pki issue-lock front-door" in problem.fix
