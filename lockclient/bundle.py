@@ -355,9 +355,8 @@ def verify_bundle(
     if previous is not None and previous.signed_by is not None and previous.signed_by not in signers.keys:
         previous = None
     _check_rollback("bundle", version, digest, previous)
-    # NOTE: issued_at is not compared with ``now``. A bundle forged with a stolen key and an issue
-    # time in the future moves the lock's clock floor (lockclient.clock) forward, and revoking
-    # the key does not undo that: docs/keys.md describes the on-site reset.
+    # issued_at is not compared with ``now``. The clock floor it raises is tied to ``signed_by``
+    # (lockclient.clock), so a future issue time forged with a stolen key ends with the key.
     if not allow_expired and now >= expires_at:
         raise ExpiredError(f"bundle version {version} expired at {format_time(expires_at)}")
 

@@ -47,9 +47,7 @@ def _trusted_clock(storage):
     from lockclient.clock import Clock
 
     clock = Clock(floor=storage.clock_floor)
-    for stored in (storage.signers, storage.bundle):
-        if stored is not None:
-            clock.observe_verified(stored.document.issued_at)
+    clock.observe_stored(*storage.stored_documents())
     return clock
 
 

@@ -3,65 +3,174 @@
 A Raspberry Pi has no real-time clock and may boot with a time years in the past, which would
 make a revoked or expired bundle look current. Decisions therefore use::
 
-    now = max(system clock, persisted floor, issued_at of the newest verified bundle)
+    now = max(system clock, floor)
+    floor = max(system part, issued_at of the newest signers document,
+                issued_at of the newest bundle per signing key that is still listed)
 
-The floor is persisted in the state file. It advances with the system clock only up to the
-current bundle's ``expires_at``: a system clock that once ran far into the future can push the
-floor no further than the point where the bundle expires anyway, so the lock recovers as soon as
-a newer bundle arrives instead of staying "expired" forever.
+Each part of the floor has its own source, so that a bad source can be taken out again:
+
+- The system part is sampled from the system clock and saved in the state file. It follows the
+  system clock at the speed of the monotonic clock only. A forward step of the system clock
+  (a wrong real-time clock, a bad NTP response) moves it only after the clock has kept the step
+  for :data:`CONFIRM_SECONDS`, so a step that NTP puts right within that time leaves no trace.
+  It never goes beyond the current bundle's ``expires_at``.
+- The signers part comes from documents signed by a root key, which stays offline.
+- Each bundle part remembers the signing key that vouched for it. A bundle forged with a stolen
+  key and an ``issued_at`` in the future raises the floor only until a signers document without
+  that key is accepted. Signers documents are judged without bundle parts
+  (:meth:`Clock.now_for_signers`), so a forged bundle cannot make that document look expired.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+from lockclient.bundle import format_time
+
+if TYPE_CHECKING:
+    from lockclient.bundle import Bundle, Signers
 
 log = logging.getLogger(__name__)
 
 # A system clock less than this far behind the floor is normal jitter, not worth a warning.
 BEHIND_TOLERANCE_SECONDS = 120
 
+# How long (monotonic seconds) the system clock must keep a forward step before the floor follows it.
+CONFIRM_SECONDS = 6 * 3600
+
+# A change of (system clock minus monotonic clock) up to this size is reading jitter, not a step.
+STEP_TOLERANCE_SECONDS = 2.0
+
 
 class Clock:
-    """Trusted time source; thread-safe."""
+    """Trusted time source; thread-safe.
 
-    def __init__(self, floor: float = 0, system_time: Callable[[], float] = time.time):
+    ``floor`` is the system part saved by the previous run. Nothing on the lock measured how
+    long it was off, so after a start the system part continues from that value at the speed of
+    the monotonic clock until the system clock has kept its reading for :data:`CONFIRM_SECONDS`.
+    Without a saved floor (0) the first reading of the system clock is taken as it is.
+    """
+
+    def __init__(self, floor: float = 0, system_time: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic):
         self.system_time = system_time
+        self.monotonic = monotonic
         self._floor = float(floor)
-        self._newest_issued_at = 0.0
+        # The floor may follow the system clock as far as monotonic clock + this offset. With no
+        # saved floor (a new lock, a lost state file) there is nothing to compare the first
+        # reading with, so it is taken as it is.
+        self._last_sample = monotonic()
+        self._accepted_offset = self._floor - self._last_sample if self._floor > 0 else math.inf
+        # (smallest larger offset seen, monotonic time it was first seen) while a step is unconfirmed
+        self._pending_step: tuple[float, float] | None = None
+        self._signers_issued_at = 0.0
+        self._listed_keys: frozenset[str] | None = None
+        self._bundle_issued_at: dict[str, float] = {}
         self._behind_reported = False
         self._lock = threading.Lock()
 
     @property
     def floor(self) -> float:
         with self._lock:
-            return max(self._floor, self._newest_issued_at)
+            return max(self._floor, self._signers_issued_at, *self._bundle_issued_at.values())
 
     def now(self) -> float:
         """Return the trusted current time in Unix seconds."""
-        system = self.system_time()
-        with self._lock:
-            return max(system, self._floor, self._newest_issued_at)
+        return max(self.system_time(), self.floor)
 
-    def observe_verified(self, issued_at: int) -> None:
-        """Raise the floor to the issue time of a newly verified bundle or signers document."""
-        with self._lock:
-            self._newest_issued_at = max(self._newest_issued_at, float(issued_at))
+    def now_for_signers(self) -> float:
+        """Return the trusted time without the bundle parts, for judging a signers document.
 
-    def advance_floor(self, ceiling: float | None) -> float:
-        """Move the persisted floor up to the system clock, capped at ``ceiling``; return it.
-
-        ``ceiling`` is the current bundle's expiry; with no bundle the floor follows only
-        verified issue times.
+        A bundle signed with a stolen key must not make the root's next signers document, the
+        one that revokes the key, look expired.
         """
         system = self.system_time()
         with self._lock:
+            return max(system, self._floor, self._signers_issued_at)
+
+    # -- verified issue times --------------------------------------------------------------
+
+    def observe_signers(self, signers: Signers) -> None:
+        """Raise the floor to a verified signers document's issue time and drop unlisted key parts."""
+        with self._lock:
+            self._signers_issued_at = max(self._signers_issued_at, float(signers.issued_at))
+            self._listed_keys = frozenset(signers.keys)
+            for keyid in [keyid for keyid in self._bundle_issued_at if keyid not in self._listed_keys]:
+                issued_at = self._bundle_issued_at.pop(keyid)
+                log.warning(
+                    "signing key %s is no longer listed: the clock floor drops the issue time %s "
+                    "of the bundle it signed", keyid[:16], format_time(issued_at),
+                )
+
+    def observe_bundle(self, bundle: Bundle) -> None:
+        """Raise the floor to a verified bundle's issue time, on behalf of the key that signed it.
+
+        A bundle whose key the last observed signers document does not list (a stored bundle
+        verified with the previous signers document) does not count.
+        """
+        with self._lock:
+            if self._listed_keys is not None and bundle.signed_by not in self._listed_keys:
+                log.warning(
+                    "bundle version %d was signed by key %s, which is no longer listed: its issue "
+                    "time %s does not count for the clock floor",
+                    bundle.version, bundle.signed_by[:16], format_time(bundle.issued_at),
+                )
+                return
+            previous = self._bundle_issued_at.get(bundle.signed_by, 0.0)
+            self._bundle_issued_at[bundle.signed_by] = max(previous, float(bundle.issued_at))
+
+    def observe_stored(self, signers: Signers | None, bundle: Bundle | None) -> None:
+        """Observe the documents loaded from the state directory at start, signers first."""
+        if signers is not None:
+            self.observe_signers(signers)
+        if bundle is not None:
+            self.observe_bundle(bundle)
+
+    # -- the system part ---------------------------------------------------------------------
+
+    def advance_floor(self, ceiling: float | None) -> float:
+        """Sample the system clock, move the system part up and return it (the value to save).
+
+        ``ceiling`` is the current bundle's expiry. With no bundle the system part does not move.
+        """
+        system = self.system_time()
+        monotonic = self.monotonic()
+        with self._lock:
+            self._track_steps(system, monotonic)
+            # Real time has advanced at least as far as the monotonic clock since the last sample,
+            # also while the system clock was behind the floor.
+            self._accepted_offset = max(self._accepted_offset, self._floor - self._last_sample)
+            self._last_sample = monotonic
             if ceiling is not None:
-                self._floor = max(self._floor, min(system, float(ceiling)))
-            self._floor = max(self._floor, self._newest_issued_at)
+                candidate = min(system, monotonic + self._accepted_offset, float(ceiling))
+                self._floor = max(self._floor, candidate)
             return self._floor
+
+    def _track_steps(self, system: float, monotonic: float) -> None:
+        """Accept a backward step of the system clock at once and a forward step once confirmed."""
+        offset = system - monotonic
+        if offset <= self._accepted_offset + STEP_TOLERANCE_SECONDS:
+            self._accepted_offset = min(self._accepted_offset, offset)
+            self._pending_step = None
+            return
+        if self._pending_step is None:
+            self._pending_step = (offset, monotonic)
+            log.info(
+                "system clock jumped %d s ahead; the clock floor follows it only if it stays "
+                "so for %d s", int(offset - self._accepted_offset), CONFIRM_SECONDS,
+            )
+            return
+        smallest, since = self._pending_step
+        smallest = min(smallest, offset)
+        if monotonic - since >= CONFIRM_SECONDS:
+            self._accepted_offset = smallest
+            self._pending_step = None
+        else:
+            self._pending_step = (smallest, since)
 
     def behind_floor(self) -> bool:
         """Return True when the system clock is behind the floor by more than the tolerance.

@@ -112,7 +112,7 @@ class LockDaemon:
             public_key = dsse.load_public_key(encoded)
             self.root_keys[dsse.key_id(public_key)] = public_key
         self.storage = Storage(config.state_dir, config.lock, self.root_keys)
-        self.clock = Clock(system_time=system_time)
+        self.clock = Clock(system_time=system_time, monotonic=monotonic)
         self.spool: Spool | None = None
         self.strike: Strike | None = None
         self.gpio: Gpio | None = None
@@ -143,10 +143,10 @@ class LockDaemon:
             raise StartupError(f"cannot create state_dir {config.state_dir}: {error.strerror}") from None
 
         self.storage.load(self.clock.system_time())
-        self.clock = Clock(floor=self.storage.clock_floor, system_time=self.clock.system_time)
-        for stored in (self.storage.signers, self.storage.bundle):
-            if stored is not None:
-                self.clock.observe_verified(stored.document.issued_at)
+        self.clock = Clock(
+            floor=self.storage.clock_floor, system_time=self.clock.system_time, monotonic=self.monotonic,
+        )
+        self.clock.observe_stored(*self.storage.stored_documents())
         if config.keep_expired:
             log.warning("expired_policy is keep-last-bundle: an expired bundle keeps opening for everyone in it")
 
@@ -233,12 +233,12 @@ class LockDaemon:
 
     def shutdown(self) -> None:
         """Lock the strike, stop all loops, close the reader and GPIO, persist the clock floor."""
-        self.notifier.stopping()
         self.request_stop(self.exit_code)
         # The strike is locked first: a reader thread stuck in a driver call must not keep the
         # door open while the threads are joined.
         if self.door is not None:
             self.door.shutdown()
+        self.notifier.stopping()
 
         # One deadline for all threads, well inside systemd's stop timeout of the shipped unit.
         deadline = time.monotonic() + SHUTDOWN_SECONDS

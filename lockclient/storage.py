@@ -4,8 +4,9 @@ Files in the state directory:
 
 - ``bundle.json`` / ``bundle.previous.json``: current and previous verified bundle envelopes;
 - ``signers.json`` / ``signers.previous.json``: the same for the signers document;
-- ``state.json``: versions and hashes accepted so far (rollback protection), ETags, clock floor,
-  last fetch and last rejected bundle.
+- ``state.json``: versions and hashes accepted so far (rollback protection), the key that signed
+  the current bundle, ETags, the system part of the clock floor (``clock_floor``, see
+  :mod:`lockclient.clock`), last fetch and last rejected bundle.
 
 Every write goes to a temporary file in the same directory, is fsynced, renamed over the target
 with ``os.replace`` and followed by an fsync of the directory, so a power cut leaves either the
@@ -216,8 +217,15 @@ class Storage:
 
     @property
     def clock_floor(self) -> float:
+        """The system part of the clock floor saved by the last run; issue times are not in it."""
         value = self.state.get("clock_floor", 0)
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+    def stored_documents(self) -> tuple[Signers | None, Bundle | None]:
+        """Return the verified signers document and bundle in force, for the clock floor at start."""
+        signers = self.signers.document if self.signers is not None else None
+        bundle = self.bundle.document if self.bundle is not None else None
+        return signers, bundle
 
     # -- writing ---------------------------------------------------------------------------
 

@@ -93,8 +93,10 @@ class Updater:
             self.storage.set_etag("signers", result.etag)
             return False
         try:
+            # Judged without issue times vouched for by signing keys: one of them may be the
+            # stolen key that this document revokes.
             signers = bundle_mod.verify_signers(
-                result.data, self.root_keys, self.storage.trusted("signers"), self.clock.now(),
+                result.data, self.root_keys, self.storage.trusted("signers"), self.clock.now_for_signers(),
             )
         except BundleError as error:
             rejections.append(self._reject("signers", result.data, error))
@@ -103,7 +105,7 @@ class Updater:
             rejections.append(self._reject("signers", result.data, _as_malformed(error)))
             return False
         self.storage.store_signers(result.data, signers, result.etag)
-        self.clock.observe_verified(signers.issued_at)
+        self.clock.observe_signers(signers)
         log.info("accepted signers document version %d (%d signing keys)", signers.version, len(signers.keys))
         return True
 
@@ -141,7 +143,7 @@ class Updater:
             rejections.append(self._reject("bundle", result.data, _as_malformed(error)))
             return False
         self.storage.store_bundle(result.data, bundle, result.etag)
-        self.clock.observe_verified(bundle.issued_at)
+        self.clock.observe_bundle(bundle)
         log.info(
             "accepted bundle version %d for %s: %d keys, expires %s",
             bundle.version, bundle.lock, len(bundle.keys), bundle_mod.format_time(bundle.expires_at),

@@ -5,14 +5,16 @@ from __future__ import annotations
 import pytest
 
 from lockclient.bundle import decide
-from lockclient.clock import Clock
+from lockclient.clock import CONFIRM_SECONDS, Clock
 from lockclient.fetch import Backoff, FetchError
-from tests.bundle_factory import DAY, FOREVER, NOW, Trust
+from lockclient.storage import Storage
+from tests.bundle_factory import DAY, FOREVER, NOW, KeyPair, Trust
 from tests.lock_environment import BUNDLE_PATH, SIGNERS_PATH, LockEnvironment
 from tests.tls_fixtures import endless, make_pki, static, status_only, trickle
 
 MEMBER = "04:a2:3b:4c:5d:6e:7f"
 RESCUE = "04:11:22:33:44:55:66"
+THIEF = "04:66:66:66:66:66:66"
 
 
 @pytest.fixture
@@ -216,24 +218,90 @@ def test_clock_far_future_rejects_new_bundle(env):
     assert decide(bundle, MEMBER, now).code == "expired"
 
 
-def test_far_future_floor_capped_at_bundle_expiry(env):
-    updater = env.updater()
+class SteppedTime:
+    """A system clock (``wall``) and a monotonic clock (``elapsed``) that the test sets and moves."""
+
+    def __init__(self, wall: float):
+        self.wall = float(wall)
+        self.elapsed = 1000.0
+
+    def system(self) -> float:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return self.elapsed
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.elapsed += seconds
+
+    def clock(self, floor: float = 0) -> Clock:
+        return Clock(floor, system_time=self.system, monotonic=self.monotonic)
+
+
+def clock_far_ahead_for(updater, times: SteppedTime, seconds: float, rounds: int = 4) -> None:
+    """Set the system clock to 2040 for ``seconds`` of real time, sampling it like the daemon, then put it right."""
+    bundle = updater.storage.bundle.document
+    right = times.wall
+    times.wall = 2_208_988_800.0
+    for _ in range(rounds):
+        updater.clock.advance_floor(bundle.expires_at)
+        times.elapsed += seconds / rounds
+        right += seconds / rounds
+    updater.clock.advance_floor(bundle.expires_at)
+    times.wall = right  # NTP puts the clock right
+    updater.clock.advance_floor(bundle.expires_at)
+
+
+def test_brief_clock_step_leaves_floor(env):
+    times = SteppedTime(NOW)
+    updater = env.updater(clock=times.clock())
+    updater.run_once()
+    updater.clock.advance_floor(updater.storage.bundle.document.expires_at)
+
+    clock_far_ahead_for(updater, times, 3600)
+    env.server.routes[BUNDLE_PATH] = static(env.trust.bundle(version=2, keys={MEMBER: FOREVER}, issued_at=NOW))
+    outcome = updater.run_once()
+
+    assert updater.clock.floor <= times.wall
+    assert outcome.bundle_updated
+    assert decide(updater.storage.bundle.document, MEMBER, updater.clock.now()).allowed
+
+
+def test_floor_advances_at_monotonic_speed(env):
+    times = SteppedTime(NOW)
+    updater = env.updater(clock=times.clock())
+    updater.run_once()
+    expires_at = updater.storage.bundle.document.expires_at
+    updater.clock.advance_floor(expires_at)
+
+    times.advance(600)
+    steady = updater.clock.advance_floor(expires_at)
+    times.wall += 5 * DAY  # a sudden step forward
+    times.elapsed += 300
+    after_step = updater.clock.advance_floor(expires_at)
+
+    assert steady == NOW + 600
+    assert after_step == NOW + 900
+
+
+def test_long_clock_step_floor_capped_at_expiry(env):
+    times = SteppedTime(NOW)
+    updater = env.updater(clock=times.clock())
     updater.run_once()
     bundle = updater.storage.bundle.document
-    updater.clock.system_time = lambda: 2_208_988_800.0
 
-    floor = updater.clock.advance_floor(bundle.expires_at)
+    clock_far_ahead_for(updater, times, CONFIRM_SECONDS + 3600)
 
-    assert floor == bundle.expires_at
+    assert updater.clock.floor == bundle.expires_at
 
 
-def test_clock_back_from_future_recovers_with_next_bundle(env):
-    updater = env.updater()
+def test_long_clock_step_recovers_with_next_bundle(env):
+    times = SteppedTime(NOW)
+    updater = env.updater(clock=times.clock())
     updater.run_once()
     first = updater.storage.bundle.document
-    updater.clock.system_time = lambda: 2_208_988_800.0  # 2040 for a while: the floor follows
-    updater.clock.advance_floor(first.expires_at)
-    updater.clock.system_time = lambda: NOW  # NTP puts the clock right
+    clock_far_ahead_for(updater, times, CONFIRM_SECONDS + 3600)
 
     stuck = decide(first, MEMBER, updater.clock.now()).code
     env.server.routes[BUNDLE_PATH] = static(env.trust.bundle(
@@ -244,6 +312,119 @@ def test_clock_back_from_future_recovers_with_next_bundle(env):
     assert stuck == "expired"  # until a bundle that expires after the floor arrives
     assert outcome.bundle_updated
     assert decide(updater.storage.bundle.document, MEMBER, updater.clock.now()).allowed
+
+
+def test_restart_clock_ahead_leaves_floor(env):
+    times = SteppedTime(NOW)
+    updater = env.updater(clock=times.clock())
+    updater.run_once()
+    updater.storage.state["clock_floor"] = int(updater.clock.advance_floor(updater.storage.bundle.document.expires_at))
+    updater.storage.save_state()
+
+    times.wall = 2_208_988_800.0  # the lock starts again with a real-time clock far ahead
+    times.elapsed = 5.0
+    storage = Storage(env.config.state_dir, env.config.lock, updater.root_keys)
+    storage.load(times.wall)
+    clock = times.clock(storage.clock_floor)
+    clock.observe_stored(*storage.stored_documents())
+    times.elapsed += 300
+    floor = clock.advance_floor(storage.bundle.document.expires_at)
+    times.wall = NOW + 400  # NTP puts it right
+
+    assert floor == NOW + 300
+    assert decide(storage.bundle.document, MEMBER, clock.now()).allowed
+
+
+def test_restart_clock_in_past_uses_floor(env):
+    times = SteppedTime(NOW + 3 * DAY)
+    updater = env.updater(clock=times.clock())
+    updater.run_once()
+    updater.storage.state["clock_floor"] = int(updater.clock.advance_floor(updater.storage.bundle.document.expires_at))
+    updater.storage.save_state()
+
+    times.wall = 978_307_200.0  # 2001-01-01: a Pi without RTC boots
+    times.elapsed = 5.0
+    storage = Storage(env.config.state_dir, env.config.lock, updater.root_keys)
+    storage.load(times.wall)
+    clock = times.clock(storage.clock_floor)
+    clock.observe_stored(*storage.stored_documents())
+    times.elapsed += 300
+    clock.advance_floor(storage.bundle.document.expires_at)
+    judged_at = clock.now()
+    behind = clock.behind_floor()
+    times.wall = NOW + 5 * DAY  # NTP sets the clock after two days off
+    times.elapsed += 300
+    floor = clock.advance_floor(storage.bundle.document.expires_at)
+
+    assert judged_at == NOW + 3 * DAY
+    assert behind
+    assert floor == NOW + 3 * DAY + 600  # the saved value plus the uptime, not the two days off
+
+
+def forge_with_stolen_key(env, issued_at: int) -> bytes:
+    """A bundle signed with the lock's genuine (now stolen) signing key: huge version, a thief's card."""
+    return env.trust.bundle(version=2**40, keys={MEMBER: FOREVER, THIEF: FOREVER},
+                            issued_at=issued_at, expires_at=issued_at + 30 * DAY)
+
+
+def revoke_stolen_key(env) -> KeyPair:
+    """Publish a signers document without the stolen key and a genuine bundle signed by its replacement."""
+    replacement = KeyPair.generate()
+    env.server.routes[SIGNERS_PATH] = static(env.trust.signers(version=2, issued_at=NOW, signing_keys=[replacement]))
+    env.server.routes[BUNDLE_PATH] = static(env.trust.bundle(
+        version=2, keys={MEMBER: FOREVER}, issued_at=NOW, signing=replacement,
+    ))
+    return replacement
+
+
+def test_revoked_key_future_issue_time_dropped(env):
+    times = SteppedTime(NOW)
+    updater = env.updater(clock=times.clock())
+    updater.run_once()
+    env.server.routes[BUNDLE_PATH] = static(forge_with_stolen_key(env, NOW + 400 * DAY))
+    updater.run_once()
+    forged_floor = updater.clock.now()
+    times.advance(300)
+    system_part = updater.clock.advance_floor(updater.storage.bundle.document.expires_at)
+
+    replacement = revoke_stolen_key(env)
+    times.advance(300)
+    outcome = updater.run_once()
+    bundle = updater.storage.bundle.document
+
+    assert forged_floor == NOW + 400 * DAY
+    assert system_part == NOW + 300
+    assert outcome.rejections == ()
+    assert bundle.version == 2 and bundle.signed_by == replacement.keyid
+    assert updater.clock.now() == NOW + 600
+    assert decide(bundle, MEMBER, updater.clock.now()).allowed
+    assert not decide(bundle, THIEF, updater.clock.now()).allowed
+
+
+def test_restart_after_revocation_ignores_forged_time(env):
+    times = SteppedTime(NOW)
+    updater = env.updater(clock=times.clock())
+    updater.run_once()
+    env.server.routes[BUNDLE_PATH] = static(forge_with_stolen_key(env, NOW + 400 * DAY))
+    updater.run_once()
+    revoke_stolen_key(env)
+    genuine = env.server.routes[BUNDLE_PATH]
+    env.server.routes[BUNDLE_PATH] = status_only(500)
+    with pytest.raises(FetchError):
+        updater.run_once()  # the new signers document is stored, the genuine bundle is not
+
+    storage = Storage(env.config.state_dir, env.config.lock, updater.root_keys)
+    storage.load(times.wall)
+    clock = times.clock(storage.clock_floor)
+    clock.observe_stored(*storage.stored_documents())
+    forged_in_force = storage.bundle.document.version
+    env.server.routes[BUNDLE_PATH] = genuine
+    outcome = env.updater(clock=clock, storage=storage).run_once()
+
+    assert forged_in_force == 2**40
+    assert clock.now() == NOW
+    assert outcome.rejections == ()
+    assert storage.bundle.document.version == 2
 
 
 def test_backoff_doubles_with_jitter():
