@@ -13,7 +13,10 @@ import os
 import stat
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
 from click.testing import CliRunner
@@ -203,6 +206,18 @@ def test_signing_key_as_base64(repo, doorlock_command, keys, tmp_path):
     assert (tmp_path / "www" / "current" / "manifest.json").is_file()
 
 
+def test_doorlock_as_interpreter_and_script(repo, keys, tmp_path):
+    # The GitLab pipeline sets DOORLOCK to "<venv>/bin/python <venv>/bin/doorlock", two words.
+    entry_point = tmp_path / "doorlock-entry-point"
+    entry_point.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom compiler.cli import main\nmain()\n")
+    command = f"{sys.executable} {entry_point}"
+    result = run_script(COMPILE_AND_PUBLISH, repo, Path("/nonexistent/doorlock"), DOORLOCK=command,
+                        DOORLOCK_SIGNING_KEY=keys["signing"].read_text(), DOORLOCK_PUBLISH_TO=str(tmp_path / "www"),
+                        DOORLOCK_NOW="2026-12-04T20:00:00Z")
+    assert result.returncode == 0, result.stderr
+    assert sorted(live_manifest(tmp_path / "www")["bundles"]) == ["front-door", "workshop"]
+
+
 def test_missing_signing_key_fails_before_anything(repo, doorlock_command, tmp_path):
     result = run_script(COMPILE_AND_PUBLISH, repo, doorlock_command, DOORLOCK_PUBLISH_TO=str(tmp_path / "www"))
     assert result.returncode == 1
@@ -255,11 +270,15 @@ def test_scripts_are_executable():
         assert os.stat(script).st_mode & stat.S_IXUSR, script
 
 
-# -- compile-and-publish to a remote host (rsync over SSH) ----------------------------------------------
+# -- compile-and-publish to a remote host (tar over SSH) -------------------------------------------------
 
 FAKE_SSH = """#!/bin/sh
 # Stands in for ssh to the bundle host: logs the arguments and the agent socket, then runs the
-# remote command (rsync's server side, mkdir, doorlock publish) on this machine with real rsync.
+# remote command (test, tar, mkdir, doorlock publish) on this machine.
+if [ -n "${{FAKE_SSH_UNREACHABLE:-}}" ]; then
+    echo "ssh: connect to host bundles.test port 22: Connection refused" >&2
+    exit 255
+fi
 for arg in "$@"; do printf 'arg %s\\n' "$arg" >> {log}; done
 printf 'agent %s\\n--\\n' "${{SSH_AUTH_SOCK:-none}}" >> {log}
 while [ $# -gt 0 ]; do
@@ -276,7 +295,7 @@ exec sh -c "$*"
 
 @pytest.fixture
 def remote(tmp_path, doorlock_command) -> dict:
-    """A "remote" bundle host reached through a stand-in ssh; rsync and doorlock publish are real."""
+    """A "remote" bundle host reached through a stand-in ssh; tar and doorlock publish are real."""
     bin_directory = tmp_path / "ssh-bin"
     bin_directory.mkdir()
     log = tmp_path / "ssh.log"
@@ -301,7 +320,7 @@ def publish_remote(repo: Path, doorlock: Path, keys: dict[str, Path], remote: di
                       DOORLOCK_NOW=now, **{**remote["env"], **env})
 
 
-def test_remote_first_publish_over_rsync(repo, doorlock_command, keys, remote, tmp_path):
+def test_remote_first_publish_over_ssh(repo, doorlock_command, keys, remote, tmp_path):
     result = publish_remote(repo, doorlock_command, keys, remote, "2026-12-04T20:00:00Z")
 
     assert result.returncode == 0, result.stdout + result.stderr
@@ -312,7 +331,7 @@ def test_remote_first_publish_over_rsync(repo, doorlock_command, keys, remote, t
     assert "arg StrictHostKeyChecking=yes" in log
     assert "arg BatchMode=yes" in log
     assert "bundles.test" in log
-    assert "arg --server" in log  # the build travelled through rsync
+    assert "tar -xf - -C" in log  # the build travelled as a tar stream over ssh
     assert "publish" in log  # and doorlock publish swapped it in on the host
 
 
@@ -358,6 +377,16 @@ def test_remote_ssh_key_only_in_a_private_agent(repo, doorlock_command, keys, re
             assert b"OPENSSH PRIVATE KEY" not in path.read_bytes(), path
 
 
+def test_remote_unreachable_host_fails_clearly(repo, doorlock_command, keys, remote):
+    result = publish_remote(repo, doorlock_command, keys, remote, "2026-12-04T20:00:00Z", FAKE_SSH_UNREACHABLE="1")
+    assert result.returncode == 1
+    assert "cannot reach deploy@bundles.test" in result.stderr
+    assert "ssh exit status 255" in result.stderr
+    assert "connection or login failed" in result.stderr
+    assert "this is the first publish" not in result.stdout
+    assert not remote["www"].exists()
+
+
 def test_remote_without_known_hosts_fails_before_upload(repo, doorlock_command, keys, remote):
     env = {**remote["env"], "DOORLOCK_SSH_KNOWN_HOSTS": ""}
     result = run_script(COMPILE_AND_PUBLISH, repo, doorlock_command, DOORLOCK_SIGNING_KEY=keys["signing"].read_text(),
@@ -392,14 +421,103 @@ def test_github_workflows_call_the_scripts():
     assert publish_flow["concurrency"]["cancel-in-progress"] is False
 
 
-def test_signing_key_only_in_the_compile_step_environment():
-    for path in (ROOT / "ci" / "github" / "validate.yml", ROOT / "ci" / "github" / "publish.yml"):
-        for job in load_yaml(path)["jobs"].values():
-            for step in job["steps"]:
-                assert "secrets." not in step.get("run", ""), f"{path.name}: a secret inside a run script"
-                uses_key = "DOORLOCK_SIGNING_KEY" in (step.get("env") or {})
-                assert not uses_key or step.get("run") == ".doorlock/ci/compile-and-publish", path.name
-    assert "secrets." not in (ROOT / "ci" / "github" / "validate.yml").read_text()
+def steps_mentioning(text: str, steps: list[dict]) -> list[dict]:
+    return [step for step in steps if text in json.dumps(step)]
+
+
+def test_github_signing_key_only_in_compile_step():
+    publish_flow = load_yaml(ROOT / "ci" / "github" / "publish.yml")
+    job = publish_flow["jobs"]["publish"]
+    compile_step = next(step for step in job["steps"] if step.get("run") == ".doorlock/ci/compile-and-publish")
+
+    # A secret in the workflow's or the job's env would reach every step, pip install included.
+    assert "secrets." not in json.dumps(publish_flow.get("env") or {})
+    assert "secrets." not in json.dumps(job.get("env") or {})
+    assert steps_mentioning("secrets.DOORLOCK_SIGNING_KEY", job["steps"]) == [compile_step]
+    assert compile_step["env"]["DOORLOCK_SIGNING_KEY"] == "${{ secrets.DOORLOCK_SIGNING_KEY }}"
+    assert "uses" not in compile_step
+    install_steps = [step for step in job["steps"] if "pip install" in step.get("run", "")]
+    assert install_steps, "the workflow no longer installs doorlock in its own step"
+    for step in install_steps + [step for step in job["steps"] if "uses" in step]:
+        assert "secrets." not in json.dumps(step), step
+
+
+def test_github_validate_workflow_has_no_secret():
+    text = (ROOT / "ci" / "github" / "validate.yml").read_text()
+    assert "secrets." not in text
+    for job in load_yaml(ROOT / "ci" / "github" / "validate.yml")["jobs"].values():
+        for step in job["steps"]:
+            assert "DOORLOCK_SIGNING_KEY" not in json.dumps(step), step
+
+
+GITLAB_KEYWORDS = {"variables", "default", "stages", "workflow", "include"}
+INSTALL_COMMANDS = ("apt-get", "apt ", "pip", "git clone", "curl", "wget", "apk ", "npm")
+
+
+def gitlab_jobs(pipeline: dict) -> dict[str, dict]:
+    """Return the pipeline's jobs and templates (keys starting with a dot), without the global keywords."""
+    return {name: job for name, job in pipeline.items() if name not in GITLAB_KEYWORDS}
+
+
+def job_commands(pipeline: dict, job: dict) -> list[str]:
+    """Return every shell line a job runs: its template's before_script unless overridden, then its script."""
+    before = job.get("before_script")
+    if before is None and "extends" in job:
+        before = pipeline[job["extends"]].get("before_script")
+    if before is None:
+        before = pipeline.get("default", {}).get("before_script", [])
+    return [*before, *job.get("script", []), *job.get("after_script", [])]
+
+
+def test_gitlab_keys_only_in_publish_job():
+    pipeline = load_yaml(ROOT / "ci" / "gitlab-ci.yml")
+    jobs = gitlab_jobs(pipeline)
+
+    # GitLab gives a variable scoped to an environment only to jobs deploying to it.
+    with_environment = [name for name, job in jobs.items() if "environment" in job]
+    assert with_environment == ["publish"]
+    assert jobs["publish"]["environment"] == "production"
+    assert "DOORLOCK_SIGNING_KEY" not in json.dumps(pipeline.get("variables", {}))
+    assert "before_script" not in pipeline.get("default", {})
+
+
+def test_gitlab_publish_job_installs_nothing():
+    pipeline = load_yaml(ROOT / "ci" / "gitlab-ci.yml")
+    publish_job = pipeline["publish"]
+
+    assert publish_job["before_script"] == []
+    assert "extends" not in publish_job
+    assert publish_job["script"] == [".doorlock/ci/compile-and-publish"]
+    for line in job_commands(pipeline, publish_job):
+        for command in INSTALL_COMMANDS:
+            assert command not in line, line
+    assert publish_job["needs"] == ["install"]
+    install_lines = " ".join(job_commands(pipeline, pipeline["install"]))
+    assert "pip install" in install_lines
+    assert ".doorlock-venv/" in pipeline["install"]["artifacts"]["paths"]
+
+
+def test_gitlab_other_jobs_stop_when_a_key_reaches_them(tmp_path):
+    pipeline = load_yaml(ROOT / "ci" / "gitlab-ci.yml")
+    jobs = gitlab_jobs(pipeline)
+    for name, job in jobs.items():
+        if name.startswith(".") or name == "publish":
+            continue
+        assert job.get("extends") == ".without-keys", name
+        assert "before_script" not in job, name
+    guard = "\n".join(pipeline[".without-keys"]["before_script"])
+    assert "pip" not in guard and "apt-get" not in guard
+
+    base_env = {"PATH": "/usr/bin:/bin", "CI_JOB_NAME": "install"}
+    for secret in ("DOORLOCK_SIGNING_KEY", "DOORLOCK_SSH_KEY"):
+        stopped = subprocess.run(["bash", "-c", guard], env={**base_env, secret: "c2VjcmV0"},
+                                 capture_output=True, text=True)
+        assert stopped.returncode == 1, secret
+        assert "reached job install" in stopped.stderr
+        assert "environment scope" in stopped.stderr
+        assert "c2VjcmV0" not in stopped.stderr
+    passed = subprocess.run(["bash", "-c", guard], env=base_env, capture_output=True, text=True)
+    assert passed.returncode == 0, passed.stderr
 
 
 def test_gitlab_pipeline_jobs():
@@ -407,8 +525,125 @@ def test_gitlab_pipeline_jobs():
     assert ".doorlock/ci/compile-and-publish" in pipeline["publish"]["script"]
     assert pipeline["publish"]["resource_group"] == "doorlock-publish"
     assert any("validate-and-diff" in line for line in pipeline["validate"]["script"])
+    assert pipeline["stages"] == ["prepare", "validate", "publish"]
     sources = " ".join(rule["if"] for rule in pipeline["publish"]["rules"])
-    assert '"schedule"' in sources and '"push"' in sources
+    assert "schedule" in sources and "push" in sources
+    assert "merge_request_event" not in sources
+
+
+# -- GitLab merge-request note ------------------------------------------------------------------
+
+
+class FakeGitLab(ThreadingHTTPServer):
+    """The part of the GitLab REST API the validate job calls, with notes kept in memory."""
+
+    def __init__(self, bot_id: int):
+        super().__init__(("127.0.0.1", 0), FakeGitLabHandler)
+        self.bot_id = bot_id
+        self.notes: list[dict] = []
+        self.requests: list[tuple[str, str]] = []
+
+
+class FakeGitLabHandler(BaseHTTPRequestHandler):
+    server: FakeGitLab
+    notes_path = "/api/v4/projects/7/merge_requests/3/notes"
+
+    def log_message(self, format, *args):  # keep the test output quiet
+        pass
+
+    def reply(self, status: int, payload) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def note_body(self) -> str:
+        length = int(self.headers["Content-Length"])
+        return parse_qs(self.rfile.read(length).decode())["body"][0]
+
+    def do_GET(self):
+        self.server.requests.append(("GET", self.path))
+        if self.headers.get("PRIVATE-TOKEN") != "glpat-test":
+            self.reply(401, {"message": "401 Unauthorized"})
+        elif self.path == "/api/v4/user":
+            self.reply(200, {"id": self.server.bot_id, "username": "project_7_bot"})
+        elif self.path.split("?")[0] == self.notes_path:
+            self.reply(200, self.server.notes)
+        else:
+            self.reply(404, {"message": "404 Not Found"})
+
+    def do_POST(self):
+        self.server.requests.append(("POST", self.path))
+        note = {"id": 100 + len(self.server.notes), "author": {"id": self.server.bot_id}, "body": self.note_body()}
+        self.server.notes.append(note)
+        self.reply(201, note)
+
+    def do_PUT(self):
+        self.server.requests.append(("PUT", self.path))
+        note_id = int(self.path.rsplit("/", 1)[1])
+        note = next(note for note in self.server.notes if note["id"] == note_id)
+        note["body"] = self.note_body()
+        self.reply(200, note)
+
+
+@pytest.fixture
+def gitlab():
+    server = FakeGitLab(bot_id=42)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def post_note(gitlab: FakeGitLab, directory: Path, diff: str, token: str = "glpat-test") -> subprocess.CompletedProcess:
+    """Run the validate job's note step as GitLab would, against the fake API."""
+    pipeline = load_yaml(ROOT / "ci" / "gitlab-ci.yml")
+    step = next(line for line in pipeline["validate"]["script"] if "DOORLOCK_GITLAB_TOKEN" in line)
+    (directory / "access-diff.md").write_text(diff)
+    environment = {
+        "PATH": "/usr/bin:/bin",
+        "DOORLOCK_GITLAB_TOKEN": token,
+        "CI_API_V4_URL": f"http://127.0.0.1:{gitlab.server_port}/api/v4",
+        "CI_PROJECT_ID": "7",
+        "CI_MERGE_REQUEST_IID": "3",
+    }
+    return subprocess.run(["bash", "-e", "-c", step], cwd=directory, env=environment, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_gitlab_note_updated_on_each_push(gitlab, tmp_path):
+    first = post_note(gitlab, tmp_path, "## Access changes\n\nbob gains workshop\n")
+    assert first.returncode == 0, first.stderr
+    second = post_note(gitlab, tmp_path, "## Access changes\n\nbob gains front-door\n")
+    assert second.returncode == 0, second.stderr
+
+    assert len(gitlab.notes) == 1
+    assert "bob gains front-door" in gitlab.notes[0]["body"]
+    assert "bob gains workshop" not in gitlab.notes[0]["body"]
+    assert [method for method, _ in gitlab.requests if method != "GET"] == ["POST", "PUT"]
+
+
+def test_gitlab_note_of_someone_else_left_alone(gitlab, tmp_path):
+    # A reviewer quoting the marker must not make the job edit the reviewer's note.
+    gitlab.notes.append({"id": 7, "author": {"id": 5}, "body": "<!-- doorlock access diff -->\nlooks fine"})
+    result = post_note(gitlab, tmp_path, "## Access changes\n\nNo change in access\n")
+
+    assert result.returncode == 0, result.stderr
+    assert gitlab.notes[0]["body"].endswith("looks fine")
+    assert len(gitlab.notes) == 2
+    assert gitlab.notes[1]["body"].startswith("<!-- doorlock access diff -->")
+    assert "No change in access" in gitlab.notes[1]["body"]
+
+
+def test_gitlab_note_rejected_token_fails_step(gitlab, tmp_path):
+    result = post_note(gitlab, tmp_path, "## Access changes\n", token="glpat-revoked")
+    assert result.returncode != 0
+    assert "401" in result.stderr
+    assert gitlab.notes == []
+    assert "glpat-revoked" not in result.stdout + result.stderr
 
 
 def test_pre_commit_hook_runs_validate(repo, doorlock_command):
