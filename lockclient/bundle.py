@@ -10,10 +10,14 @@ own exception (one per attack the lock must withstand):
                                                               :class:`BadSignatureError`
 5. payload parsing and structure (only after the signature) -> :class:`MalformedError`
 6. lock name (another lock's bundle)                       -> :class:`WrongLockError`
-7. version against the stored one (rollback)               -> :class:`RollbackError`
-8. expiry (freeze)                                         -> :class:`ExpiredError`
+7. validity span, when a limit is given (freeze with a     -> :class:`ValidityTooLongError`
+   stolen signing key)
+8. version against the stored one (rollback)               -> :class:`RollbackError`
+9. expiry (freeze)                                         -> :class:`ExpiredError`
 
-The signers document goes through the same steps against the pinned root keys. Verification
+The signers document goes through the same steps against the pinned root keys, without step 7.
+Step 7 bounds ``expires_at - issued_at``. Without it, an attacker with a stolen signing key could
+sign a bundle that expires in ten years and keep it working by withholding every update. Verification
 functions return the verified object or raise; there is no boolean path around them.
 
 JSON is parsed strictly (:func:`lockclient.dsse.parse_strict_json`): no duplicate fields, no
@@ -37,7 +41,7 @@ __all__ = [
     "BUNDLE_PAYLOAD_TYPE", "SIGNERS_PAYLOAD_TYPE", "MAX_ENVELOPE_BYTES",
     "BundleError", "OversizedError", "MalformedError", "WrongPayloadTypeError",
     "UnknownSignerError", "BadSignatureError", "WrongLockError", "RollbackError",
-    "ExpiredError", "Bundle", "Signers", "TrustedState", "Decision",
+    "ExpiredError", "ValidityTooLongError", "Bundle", "Signers", "TrustedState", "Decision",
     "verify_signers", "verify_bundle", "decide", "parse_time", "format_time",
 ]
 
@@ -83,6 +87,10 @@ class RollbackError(BundleError):
 
 class ExpiredError(BundleError):
     reason = "expired"
+
+
+class ValidityTooLongError(BundleError):
+    reason = "validity too long"
 
 
 class UnknownSignerError(BundleError):
@@ -228,6 +236,25 @@ def _validity(payload: dict) -> tuple[int, int]:
     return issued_at, expires_at
 
 
+def _check_validity_span(version: int, issued_at: int, expires_at: int, max_validity: int | None) -> None:
+    if max_validity is None or expires_at - issued_at <= max_validity:
+        return
+    raise ValidityTooLongError(
+        f"bundle version {version} is valid for {_days(expires_at - issued_at)} "
+        f"({format_time(issued_at)} to {format_time(expires_at)}), more than the {_days(max_validity)} "
+        "this lock accepts (max_bundle_validity_days); a bundle signed with a stolen key looks like "
+        "this. If the lock's bundle.valid_days in the access repository is meant to be that long, "
+        "raise max_bundle_validity_days in the lock's configuration"
+    )
+
+
+def _days(seconds: int) -> str:
+    if seconds == 86400:
+        return "1 day"
+    days = seconds / 86400
+    return f"{days:.0f} days" if seconds % 86400 == 0 else f"{days:.2f} days"
+
+
 def verify_signers(
     data: bytes,
     root_keys: dict[str, Ed25519PublicKey],
@@ -321,12 +348,16 @@ def verify_bundle(
     previous: TrustedState | None,
     now: float,
     allow_expired: bool = False,
+    *,
+    max_validity: int | None = None,
 ) -> Bundle:
     """Verify bundle envelope bytes for ``lock_name`` and return the bundle.
 
     ``signers`` is an already verified signers document (see :func:`verify_signers`).
     ``allow_expired`` is for re-loading the stored bundle at start: an expired bundle still
     carries the break-glass keys, and :func:`decide` applies the expiry rule itself.
+    ``max_validity`` (seconds) rejects a bundle whose ``expires_at - issued_at`` is longer; the
+    updater passes the lock's ``max_bundle_validity_days``, None checks nothing.
     """
     digest = hashlib.sha256(data).hexdigest()
     payload, signed_by = _open_envelope(data, BUNDLE_PAYLOAD_TYPE, signers.keys)
@@ -349,6 +380,9 @@ def verify_bundle(
 
     if lock != lock_name:
         raise WrongLockError(f"bundle is for lock {lock!r}, this lock is {lock_name!r}")
+    # NOTE: this bounds the span only. A forged issued_at far in the future holds the clock floor
+    # there (lockclient.clock), so such a bundle lasts until its key is revoked, not max_validity.
+    _check_validity_span(version, issued_at, expires_at, max_validity)
     # A stored version set by a bundle whose signing key the root has since removed from the
     # signers document does not bind: whoever stole that key may have signed a huge version so
     # that every genuine bundle looks like a rollback. A bundle by a listed key replaces it.

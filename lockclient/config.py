@@ -17,6 +17,7 @@ Example::
     poll_interval = 300
     push_interval = 60
     expired_policy = "break-glass-only"      # or "keep-last-bundle"
+    max_bundle_validity_days = 31            # longer-lived bundles are rejected
 
     [reader]
     path = "tty:S0:pn532"
@@ -44,6 +45,11 @@ from urllib.parse import urljoin, urlsplit
 from lockclient.device_config import DEVICE_TABLES, DeviceConfigError, DeviceSettings, parse_device
 
 EXPIRED_POLICIES = ("break-glass-only", "keep-last-bundle")
+# Downloaded bundles whose expires_at - issued_at is longer than this many days are rejected,
+# because with a stolen signing key the bundle's own expiry is all that ends it while updates
+# are withheld. The lock's bundle.valid_days (compiler: 1 to 90, default 7) must not be larger.
+DEFAULT_MAX_BUNDLE_VALIDITY_DAYS = 31
+MAX_BUNDLE_VALIDITY_DAYS_LIMIT = 366
 # nfcpy's target notation: bit rate in kbit/s, then the technology letter.
 _TARGET = re.compile(r"(106|212|424|848)[ABF]")
 ACTUATOR_TYPES = ("log", "gpio")
@@ -51,7 +57,7 @@ ACTUATOR_TYPES = ("log", "gpio")
 _TOP_LEVEL_KEYS = {
     "lock", "bundle_url", "signers_url", "ca_file", "client_cert", "client_key", "root_keys",
     "state_dir", "receiver_url", "poll_interval", "push_interval", "expired_policy",
-    "fetch", "reader", "actuator", "door_sensor", "spool", *DEVICE_TABLES,
+    "max_bundle_validity_days", "fetch", "reader", "actuator", "door_sensor", "spool", *DEVICE_TABLES,
 }
 
 
@@ -113,6 +119,7 @@ class Config:
     poll_interval: float = 300.0
     push_interval: float = 60.0
     expired_policy: str = "break-glass-only"
+    max_bundle_validity_days: int = DEFAULT_MAX_BUNDLE_VALIDITY_DAYS
     fetch: FetchSettings = field(default_factory=FetchSettings)
     reader: ReaderSettings = field(default_factory=lambda: ReaderSettings(path="usb"))
     actuator: ActuatorSettings = field(default_factory=ActuatorSettings)
@@ -239,6 +246,19 @@ def _root_keys(table: _Table) -> tuple[str, ...]:
     return tuple(keys)
 
 
+def _max_bundle_validity_days(table: _Table) -> int:
+    key = "max_bundle_validity_days"
+    value = table.data.get(key, DEFAULT_MAX_BUNDLE_VALIDITY_DAYS)
+    limit = MAX_BUNDLE_VALIDITY_DAYS_LIMIT
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise table.error(
+            key, f"must be a whole number of days from 1 to {limit}, got {value!r}; use at least the "
+            f"bundle.valid_days of this lock in the access repository (default 7), for example "
+            f"{DEFAULT_MAX_BUNDLE_VALIDITY_DAYS}",
+        )
+    return value
+
+
 def _gpio_line(table: _Table) -> GpioLine:
     return GpioLine(
         chip=table.string("chip", "/dev/gpiochip0"),
@@ -330,6 +350,7 @@ def parse_config(data: dict, source: Path) -> Config:
         poll_interval=top.number("poll_interval", 300.0, 1.0),
         push_interval=top.number("push_interval", 60.0, 1.0),
         expired_policy=top.choice("expired_policy", EXPIRED_POLICIES, "break-glass-only"),
+        max_bundle_validity_days=_max_bundle_validity_days(top),
         fetch=_fetch(top.table("fetch")),
         reader=_reader(top.table("reader"), source),
         actuator=actuator,

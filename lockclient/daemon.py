@@ -36,7 +36,7 @@ from lockclient.actuator import build_door_outputs
 from lockclient.bundle import Bundle, Decision, decide, format_time
 from lockclient.clock import Clock
 from lockclient.config import Config
-from lockclient.door import DoorController, Strike
+from lockclient.door import STATUS_COUNTERS, DoorController, Strike
 from lockclient.feedback import OUTPUTS as FEEDBACK_OUTPUTS
 from lockclient.feedback import Feedback
 from lockclient.gpio import Gpio
@@ -161,6 +161,7 @@ class LockDaemon:
         self.updater = Updater(
             fetcher, self.storage, self.clock, self.root_keys, config.lock,
             config.bundle_url, config.signers_url, on_reject=self._on_reject,
+            max_validity_days=config.max_bundle_validity_days,
         )
         if config.receiver_url:
             session = make_session(config.ca_file, config.client_cert, config.client_key)
@@ -478,7 +479,12 @@ class LockDaemon:
         self._event("bundle-rejected", rejection.at, f"{rejection.kind}: {rejection.reason}: {rejection.message}")
 
     def status_snapshot(self) -> dict:
-        """Return the status record for the receiver (without events and spool counters)."""
+        """Return the status record for the receiver (without events and spool counters).
+
+        ``counters`` count since this daemon started, ``uptime`` seconds ago, so a restart sets
+        them to zero. Each exit-button press, forced door and held-open door is also an
+        event, spooled on disk, so a restart loses none of those.
+        """
         bundle = self.bundle
         rejected = self.storage.state.get("last_rejected")
         reader = self.reader
@@ -499,6 +505,7 @@ class LockDaemon:
                  "version": rejected.get("version")}
                 if isinstance(rejected, dict) else None
             ),
+            "counters": self.door.counts() if self.door is not None else dict.fromkeys(STATUS_COUNTERS, 0),
         }
 
 

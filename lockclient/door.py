@@ -14,6 +14,9 @@ an injected clock, so tests drive it with a fake clock and :class:`lockclient.gp
   ``office-mode-off``) go to the ``on_event`` callback (the daemon spools them for the status
   push); without one they are kept in the receiver's status event format until
   :meth:`DoorController.drain_events` takes them.
+- :meth:`DoorController.counts` returns what the status record's ``counters`` carry: taps
+  granted and denied, exit-button presses, forced doors and doors held open, since the
+  controller started.
 
 Durations use the monotonic clock. Office-mode ends and event timestamps use the wall clock
 the daemon passes in, which is the clock-floor-adjusted "now" used for decisions.
@@ -41,7 +44,7 @@ from lockclient.feedback import Feedback, pattern_for_decision
 from lockclient.gpio import Clock, Debouncer, Edge, Gpio, LineConfig
 
 __all__ = [
-    "STRIKE", "EXIT_BUTTON", "DOOR_SENSOR", "OFFICE_BUTTON", "OFFICE_TOGGLES",
+    "STRIKE", "EXIT_BUTTON", "DOOR_SENSOR", "OFFICE_BUTTON", "OFFICE_TOGGLES", "STATUS_COUNTERS",
     "DoorSettings", "DoorConfigError", "DoorController", "Strike", "GpioStrike", "parse_local_time",
     "parse_door_settings",
 ]
@@ -172,8 +175,16 @@ class _Counters:
     exit_button: int = 0
     door_forced: int = 0
     door_held_open: int = 0
+    # Card taps handed to the controller: allowed decisions (break-glass and office-mode
+    # gestures included) and denied ones.
+    granted: int = 0
+    denied: int = 0
     unlocks: int = 0
     events_dropped: int = 0
+
+
+# The counters the daemon sends in the status record (receiver-status.schema.json).
+STATUS_COUNTERS = ("exit_button", "door_forced", "door_held_open", "granted", "denied")
 
 
 def _short(hwid: str) -> str:
@@ -244,9 +255,11 @@ class DoorController:
             self._play(pattern_for_decision(decision.code))
 
             if not decision.allowed:
+                self.counters.denied += 1
                 self._last_tap = None
                 return
 
+            self.counters.granted += 1
             if self._office_gesture(hwid, now):
                 self._toggle_office_mode(hwid)
             else:
@@ -563,6 +576,11 @@ class DoorController:
                 },
                 "counters": dict(vars(self.counters)),
             }
+
+    def counts(self) -> dict[str, int]:
+        """Return the counters of the status record (:data:`STATUS_COUNTERS`), since the controller started."""
+        with self._lock:
+            return {name: getattr(self.counters, name) for name in STATUS_COUNTERS}
 
     def shutdown(self) -> None:
         """Lock the strike and switch the feedback off; later taps and inputs do nothing."""

@@ -1,9 +1,11 @@
 """One update round: download the signers document and the bundle, verify them, store them.
 
 Order matters: the signers document is fetched first because it says which signing keys the
-bundle may carry. A rejected download is logged with its reason, remembered for the next
-status push, and never replaces what is stored; the current bundle stays in force. The ETag of
-a rejected document is not kept, so it is downloaded and judged again on the next round.
+bundle may carry. A bundle valid for longer than ``max_bundle_validity_days`` is rejected like
+a forged one, because its own signed expiry is all that ends it while updates are withheld.
+A rejected download is logged with its reason, remembered for the next status push, and never
+replaces what is stored; the current bundle stays in force. The ETag of a rejected document is
+not kept, so it is downloaded and judged again on the next round.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ from lockclient import bundle as bundle_mod
 from lockclient import dsse
 from lockclient.bundle import BundleError
 from lockclient.clock import Clock
+from lockclient.config import DEFAULT_MAX_BUNDLE_VALIDITY_DAYS
 from lockclient.fetch import Fetcher
 from lockclient.storage import Storage
 
 log = logging.getLogger(__name__)
+
+SECONDS_PER_DAY = 86_400
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,8 @@ def signed_version(data: bytes) -> int | None:
 class Updater:
     def __init__(self, fetcher: Fetcher, storage: Storage, clock: Clock, root_keys: dict[str, Ed25519PublicKey],
                  lock_name: str, bundle_url: str, signers_url: str,
-                 on_reject: Callable[[Rejection], None] | None = None):
+                 on_reject: Callable[[Rejection], None] | None = None,
+                 max_validity_days: int = DEFAULT_MAX_BUNDLE_VALIDITY_DAYS):
         self.fetcher = fetcher
         self.storage = storage
         self.clock = clock
@@ -74,6 +80,7 @@ class Updater:
         self.bundle_url = bundle_url
         self.signers_url = signers_url
         self.on_reject = on_reject
+        self.max_validity_days = max_validity_days
 
     def run_once(self) -> UpdateOutcome:
         """Fetch, verify and store; raises :class:`lockclient.fetch.FetchError` on download failures."""
@@ -135,6 +142,7 @@ class Updater:
         try:
             bundle = bundle_mod.verify_bundle(
                 result.data, signers.document, self.lock_name, self.storage.trusted("bundle"), self.clock.now(),
+                max_validity=self.max_validity_days * SECONDS_PER_DAY,
             )
         except BundleError as error:
             rejections.append(self._reject("bundle", result.data, error))

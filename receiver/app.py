@@ -535,6 +535,8 @@ def _integer_fields(document: dict):
         yield "status.spool_dropped", status["spool_dropped"]
         if status["last_rejected_bundle"] is not None:
             yield "status.last_rejected_bundle.version", status["last_rejected_bundle"]["version"]
+        for name, value in (status.get("counters") or {}).items():
+            yield f"status.counters.{name}", value
 
 
 def _error_order(error) -> tuple:

@@ -76,20 +76,24 @@ def locks(db_path: str | Path, manifest_path: str | Path | None = None) -> list[
     Keys: ``lock``, ``first_contact``, ``last_contact``, ``clock_offset_seconds`` (lock clock
     minus receiver clock at the last check, positive when the lock is ahead),
     ``clock_checked_at``, ``status_sent_at``, ``bundle_version`` and ``bundle_sha256`` (what the
-    lock runs), ``status`` (the last status object as pushed, or None). With ``manifest_path``
+    lock runs), ``status`` (the last status object as pushed, or None), ``uptime`` and
+    ``counters`` from that status (exit button, door forced, door held open, taps granted and
+    denied since the lock daemon started; None when the lock sends none). With ``manifest_path``
     also ``published_version``, ``published_sha256`` and ``up_to_date`` (None when unknown).
     """
     rows = _select(db_path, """
         SELECT l.lock, l.first_contact, l.last_contact, l.clock_offset_seconds, l.clock_checked_at,
                s.sent_at, s.bundle_version, s.bundle_sha256, s.status_json
         FROM locks l LEFT JOIN lock_status s ON s.lock = l.lock ORDER BY l.lock""")
-    result = {
-        lock: {"lock": lock, "first_contact": _time(first), "last_contact": _time(last),
-               "clock_offset_seconds": offset, "clock_checked_at": _time(checked),
-               "status_sent_at": _time(sent_at), "bundle_version": version, "bundle_sha256": digest,
-               "status": json.loads(status) if status else None}
-        for lock, first, last, offset, checked, sent_at, version, digest, status in rows
-    }
+    result = {}
+    for lock, first, last, offset, checked, sent_at, version, digest, status_json in rows:
+        status = json.loads(status_json) if status_json else None
+        result[lock] = {
+            "lock": lock, "first_contact": _time(first), "last_contact": _time(last),
+            "clock_offset_seconds": offset, "clock_checked_at": _time(checked),
+            "status_sent_at": _time(sent_at), "bundle_version": version, "bundle_sha256": digest,
+            "status": status, "uptime": (status or {}).get("uptime"), "counters": (status or {}).get("counters"),
+        }
     if manifest_path is not None:
         _add_published(result, Path(manifest_path))
     return [result[name] for name in sorted(result)]
@@ -116,7 +120,7 @@ def _add_published(result: dict[str, dict], manifest_path: Path) -> None:
         row = result.setdefault(name, {
             "lock": name, "first_contact": None, "last_contact": None, "clock_offset_seconds": None,
             "clock_checked_at": None, "status_sent_at": None, "bundle_version": None,
-            "bundle_sha256": None, "status": None})
+            "bundle_sha256": None, "status": None, "uptime": None, "counters": None})
         published = manifest.bundles.get(name)
         row["published_version"] = published.version if published else None
         row["published_sha256"] = published.sha256 if published else None

@@ -78,7 +78,11 @@ def last_seen_command(db_path: Path | None, config_path: Path | None, output_for
                    "(default: [data] manifest of --config).")
 def locks_command(db_path: Path | None, config_path: Path | None, output_format: str,
                   manifest_path: Path | None) -> None:
-    """Each lock's bundle version (running and published), last contact and clock offset."""
+    """Each lock's bundle version (running and published), last contact, clock offset and counters.
+
+    The counters (taps granted and denied, exit-button presses, forced doors, doors held open)
+    come from the lock's last status and count since its daemon started, uptime_s seconds ago.
+    """
     database, configured_manifest = _paths(db_path, config_path)
     manifest_path = manifest_path or configured_manifest
     try:
@@ -93,6 +97,7 @@ def locks_command(db_path: Path | None, config_path: Path | None, output_format:
     for row in rows:
         status = row["status"] or {}
         reader = status.get("reader") or {}
+        counters = row.get("counters") or {}
         table.append({
             "lock": row["lock"],
             "running": row["bundle_version"],
@@ -100,11 +105,22 @@ def locks_command(db_path: Path | None, config_path: Path | None, output_format:
             "up_to_date": row.get("up_to_date"),
             "last_contact": row["last_contact"],
             "clock_offset_s": row["clock_offset_seconds"],
+            "uptime_s": _whole(row.get("uptime")),
+            **{column: counters.get(name) for name, column in _COUNTER_COLUMNS.items()},
             "reader": {True: "ok", False: "FAULT"}.get(reader.get("healthy"), None),
             "last_error": reader.get("last_error"),
         })
     _emit(table, "text", ["lock", "running", "published", "up_to_date", "last_contact", "clock_offset_s",
-                          "reader", "last_error"])
+                          "uptime_s", *_COUNTER_COLUMNS.values(), "reader", "last_error"])
+
+
+# Status counter -> column of the text table; a lock that sends no counters shows "-".
+_COUNTER_COLUMNS = {"granted": "granted", "denied": "denied", "exit_button": "exit_button",
+                    "door_forced": "forced", "door_held_open": "held_open"}
+
+
+def _whole(value: object) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _paths(db_path: Path | None, config_path: Path | None) -> tuple[Path, Path | None]:

@@ -23,7 +23,7 @@ from lockclient.daemon import LockDaemon
 from lockclient.gpio import FakeGpio
 from lockclient.reader import TagRead
 from lockclient.spool import SPOOL_FILE
-from tests.bundle_factory import FOREVER, NOW, Trust
+from tests.bundle_factory import FOREVER, Trust
 from tests.lock_environment import BUNDLE_PATH, SIGNERS_PATH, write_config
 from tests.tls_fixtures import ScriptedServer, make_pki, static
 
@@ -74,7 +74,8 @@ def lock(tmp_path, monkeypatch):
     pki = make_pki(tmp_path)
     trust = Trust()
     server = ScriptedServer(pki).start()
-    bundle = trust.bundle(keys={MEMBER: FOREVER}, issued_at=NOW - 3600, expires_at=int(time.time()) + 86400,
+    # Issued an hour ago by the real clock: the span stays within max_bundle_validity_days whenever the tests run.
+    bundle = trust.bundle(keys={MEMBER: FOREVER}, issued_at=int(time.time()) - 3600, expires_at=int(time.time()) + 86400,
                           settings={"unlock_seconds": 30})
     server.routes[SIGNERS_PATH] = static(trust.signers(expires_at=int(time.time()) + 86400))
     server.routes[BUNDLE_PATH] = static(bundle)

@@ -224,6 +224,38 @@ def test_door_opened_without_grant_is_forced():
     assert door.controller.counters.door_forced == 1
 
 
+def test_status_counts_taps_and_door_events():
+    door = Door(DoorSettings(held_open_seconds=30))
+    door.tap(MEMBER)
+    door.tap(BREAK_GLASS)
+    door.tap(STRANGER)
+    door.advance(10)
+    door.press_exit()
+    door.press_exit()
+    door.advance(10)
+    door.open_door()  # forced: the strike relocked long ago
+    door.advance(31)  # ... and then held open
+    door.close_door()
+
+    assert door.controller.counts() == {
+        "exit_button": 2, "door_forced": 1, "door_held_open": 1, "granted": 2, "denied": 1,
+    }
+
+
+def test_office_mode_gesture_counts_each_tap_granted():
+    door = Door()
+    door.tap(OFFICE_KEY)
+    door.tap(OFFICE_KEY)
+
+    assert door.controller.office_mode
+    assert door.controller.counts()["granted"] == 2
+
+
+def test_counts_start_at_zero():
+    assert Door().controller.counts() == dict.fromkeys(
+        ("exit_button", "door_forced", "door_held_open", "granted", "denied"), 0)
+
+
 def test_door_pushed_just_after_relock_is_not_forced():
     door = Door(DoorSettings(forced_grace_seconds=2))
     door.tap(MEMBER)

@@ -108,3 +108,21 @@ def test_invalid_toml_reports_line(files):
 def test_missing_file_reported(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "nowhere.toml")
+
+
+def test_bundle_validity_limit_defaults_to_31_days(files):
+    assert load(files, config_text()).max_bundle_validity_days == 31
+
+
+def test_bundle_validity_limit_raised(files):
+    assert load(files, config_text(max_bundle_validity_days="90")).max_bundle_validity_days == 90
+
+
+@pytest.mark.parametrize("value", ["0", "367", "-7", "7.5", '"31"', "true"])
+def test_bundle_validity_limit_out_of_range_named(files, value):
+    with pytest.raises(ConfigError) as raised:
+        load(files, config_text(max_bundle_validity_days=value))
+
+    message = str(raised.value)
+    assert "lock.toml: setting max_bundle_validity_days: must be a whole number of days from 1 to 366" in message
+    assert "bundle.valid_days" in message

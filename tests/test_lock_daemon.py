@@ -19,7 +19,9 @@ from click.testing import CliRunner
 from lockclient.actuator import LogOutput
 from lockclient.cli import main
 from lockclient.config import ReaderSettings
+from lockclient.config import load_config
 from lockclient.daemon import EXIT_STALLED, LockDaemon
+from lockclient.gpio import FakeGpio
 from lockclient.reader import TagRead
 from lockclient.spool import SPOOL_FILE, Spool
 from receiver import queries
@@ -28,6 +30,7 @@ from tests.lock_environment import BUNDLE_PATH, SIGNERS_PATH, LockEnvironment, w
 from tests.receiver_harness import ReceiverSite
 from tests.test_lock_reader import TYPE2_UID, Emulator
 from compiler import pki
+from compiler.cli import main as doorlock
 from tests.tls_fixtures import TestPki, static
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +38,18 @@ MEMBER = "04:a2:3b:4c:5d:6e:7f"
 STRANGER = "04:99:88:77:66:55:44"
 RESCUE = "04:11:22:33:44:55:66"
 FAST = {"unlock_seconds": 0.3}
+
+# An exit button and a door sensor on FakeGpio lines; the strike stays the log actuator.
+DOOR_CONFIG = """
+[door_sensor]
+line = 22
+
+[gpio]
+exit_button = { line = 27, active_low = true, bias = "pull-up", debounce_ms = 10 }
+
+[door]
+held_open_seconds = 30
+"""
 
 
 class IdleFrontend:
@@ -176,6 +191,52 @@ def test_rejected_bundle_reported_and_current_kept(env, running):
     assert daemon.spool.sizes()["events"] >= 1
 
 
+def test_bundle_valid_too_long_rejected_and_reported(env, running, caplog):
+    caplog.set_level(logging.INFO)
+    daemon, _ = running()
+    wait_for(lambda: daemon.bundle is not None)
+    env.server.routes[BUNDLE_PATH] = static(env.trust.bundle(
+        version=2, keys={STRANGER: FOREVER}, expires_at=NOW + 400 * DAY, settings=FAST,
+    ))
+
+    wait_for(lambda: daemon.storage.state.get("last_rejected"))
+    status = daemon.status_snapshot()
+    logged = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
+
+    assert daemon.bundle.version == 1
+    assert status["last_rejected_bundle"]["version"] == 2
+    assert status["last_rejected_bundle"]["reason"].startswith(
+        "bundle: validity too long: bundle version 2 is valid for 400.04 days")
+    assert any("rejected downloaded bundle (version 2): validity too long" in line for line in logged)
+    assert not daemon.handle_tag(tap(STRANGER)).allowed
+
+
+def test_bundle_validity_limit_read_from_config(env, running):
+    text = env.config.path.read_text().replace("poll_interval = 1\n", "poll_interval = 1\nmax_bundle_validity_days = 3\n")
+    env.config.path.write_text(text)
+    daemon, _ = running(config=load_config(env.config.path))  # the served bundle is valid for 7 days
+
+    wait_for(lambda: daemon.storage.state.get("last_rejected"))
+
+    assert daemon.bundle is None
+    assert daemon.storage.state["last_rejected"]["reason"] == "validity too long"
+    assert "more than the 3 days this lock accepts" in daemon.storage.state["last_rejected"]["message"]
+
+
+def test_status_counts_since_start(env, running):
+    daemon, _ = running()
+    wait_for(lambda: daemon.bundle is not None)
+    before = daemon.status_snapshot()["counters"]
+
+    daemon.handle_tag(tap(MEMBER))
+    daemon.handle_tag(tap(RESCUE))
+    daemon.handle_tag(tap(STRANGER))
+
+    assert before == {"exit_button": 0, "door_forced": 0, "door_held_open": 0, "granted": 0, "denied": 0}
+    assert daemon.status_snapshot()["counters"] == {
+        "exit_button": 0, "door_forced": 0, "door_held_open": 0, "granted": 2, "denied": 1}
+
+
 def test_office_mode_double_tap_holds_door(env, running):
     office = [NOW - DAY, NOW + 30 * DAY]
     env.server.routes[BUNDLE_PATH] = static(env.trust.bundle(
@@ -258,6 +319,64 @@ def test_statistics_reach_receiver(tmp_path):
     assert unknown[0]["atqa"] == "4400"
     assert unknown[0]["count"] == 1
     assert daemon.spool is not None
+
+
+def test_counters_and_rejection_reach_receiver_and_stats(tmp_path):
+    site = ReceiverSite(tmp_path / "receiver", {"front-door": [MEMBER]})
+    lock = site.locks["front-door"]
+    server_cert, server_key = pki.issue_server(site.ca_dir, "127.0.0.1", tmp_path / "bundle-host")
+    shared = TestPki(site.ca_certificate, server_cert, server_key, lock.certificate, lock.private_key, lock.sha256)
+    environment = LockEnvironment.create(tmp_path / "lock", extra_config=DOOR_CONFIG, pki=shared,
+                                         receiver_url=site.start())
+    trust = environment.trust
+    environment.server.routes[SIGNERS_PATH] = static(trust.signers())
+    environment.server.routes[BUNDLE_PATH] = static(trust.bundle(keys={MEMBER: FOREVER}, settings=FAST))
+    output = LogOutput()
+    gpio = FakeGpio(list(environment.config.device.lines))
+    shift = [0.0]  # moves the daemon's monotonic clock past the forced-door grace and held-open time
+    daemon = LockDaemon(environment.config, output=output, gpio=gpio, frontend_factory=IdleFrontend,
+                        monotonic=lambda: time.monotonic() + shift[0])
+    expected = {"exit_button": 1, "door_forced": 1, "door_held_open": 1, "granted": 1, "denied": 1}
+
+    def reported() -> dict | None:
+        rows = [row for row in queries.locks(site.database) if row["lock"] == "front-door"]
+        return rows[0] if rows and rows[0]["counters"] == expected and rows[0]["status"]["last_rejected_bundle"] else None
+
+    try:
+        daemon.start()
+        wait_for(lambda: daemon.bundle is not None)
+        daemon.handle_tag(tap(MEMBER))
+        daemon.handle_tag(tap(STRANGER))
+        gpio.inject("exit_button", True)
+        wait_for(lambda: daemon.door.counts()["exit_button"] == 1)
+        gpio.inject("exit_button", False)
+        wait_for(lambda: not output.active)
+        shift[0] += 10  # well past the 2 s in which a late push after relocking is not forced
+        gpio.inject("door_sensor", True)
+        wait_for(lambda: daemon.door.counts()["door_forced"] == 1)
+        shift[0] += 40  # past held_open_seconds = 30
+        wait_for(lambda: daemon.door.counts()["door_held_open"] == 1)
+        gpio.inject("door_sensor", False)
+        environment.server.routes[BUNDLE_PATH] = static(trust.bundle(
+            version=2, keys={MEMBER: FOREVER}, expires_at=NOW + 90 * DAY, settings=FAST))
+        wait_for(reported, timeout=30)
+    finally:
+        daemon.shutdown()
+        environment.close()
+        site.stop()
+
+    row = reported()
+    events = {event["type"] for event in queries.events(site.database, "front-door")}
+    as_json = CliRunner().invoke(doorlock, ["stats", "locks", "--db", str(site.database), "--format", "json"])
+    as_text = CliRunner().invoke(doorlock, ["stats", "locks", "--db", str(site.database)])
+    header, line = as_text.output.splitlines()
+    shown = dict(zip(header.split(), line.split()))
+
+    assert "validity too long" in row["status"]["last_rejected_bundle"]["reason"]
+    assert row["status"]["last_rejected_bundle"]["version"] == 2
+    assert {"exit-button", "door-forced", "door-held-open", "bundle-rejected"} <= events
+    assert json.loads(as_json.output)[0]["counters"] == expected
+    assert [shown[column] for column in ("granted", "denied", "exit_button", "forced", "held_open")] == ["1"] * 5
 
 
 def test_real_card_opens_through_udp_reader(env, tmp_path, caplog):

@@ -8,7 +8,7 @@ from lockclient.bundle import decide
 from lockclient.clock import CONFIRM_SECONDS, Clock
 from lockclient.fetch import Backoff, FetchError
 from lockclient.storage import Storage
-from tests.bundle_factory import DAY, FOREVER, NOW, KeyPair, Trust
+from tests.bundle_factory import DAY, FOREVER, HOUR, NOW, KeyPair, Trust
 from tests.lock_environment import BUNDLE_PATH, SIGNERS_PATH, LockEnvironment
 from tests.tls_fixtures import endless, make_pki, static, status_only, trickle
 
@@ -477,3 +477,60 @@ def test_stalled_body_cut_off_by_read_timeout(env):
 
     assert raised.value.reason == "connection"
     assert "timed out" in str(raised.value).lower()
+
+
+def test_bundle_valid_longer_than_limit_rejected(env):
+    updater = env.updater()
+    updater.run_once()
+    # Signed with the genuine key (stolen), valid for 400 days: withheld updates would keep it working.
+    env.server.routes[BUNDLE_PATH] = static(env.trust.bundle(
+        version=2, keys={MEMBER: FOREVER, THIEF: FOREVER}, issued_at=NOW - HOUR, expires_at=NOW - HOUR + 400 * DAY,
+    ))
+
+    outcome = updater.run_once()
+    bundle = updater.storage.bundle.document
+
+    assert outcome.rejections[0].reason == "validity too long"
+    assert outcome.rejections[0].version == 2
+    assert "valid for 400 days" in outcome.rejections[0].message
+    assert "max_bundle_validity_days" in outcome.rejections[0].message
+    assert bundle.version == 1
+    assert updater.storage.trusted("bundle").version == 1
+    assert not decide(bundle, THIEF, NOW).allowed
+
+
+def test_bundle_valid_exactly_the_limit_accepted(env):
+    updater = env.updater()
+    env.server.routes[BUNDLE_PATH] = static(env.trust.bundle(
+        keys={MEMBER: FOREVER}, issued_at=NOW - HOUR, expires_at=NOW - HOUR + 31 * DAY,
+    ))
+
+    outcome = updater.run_once()
+
+    assert outcome.rejections == ()
+    assert updater.storage.bundle.document.expires_at == NOW - HOUR + 31 * DAY
+
+
+def test_bundle_one_second_over_the_limit_rejected(env):
+    updater = env.updater()
+    env.server.routes[BUNDLE_PATH] = static(env.trust.bundle(
+        keys={MEMBER: FOREVER}, issued_at=NOW - HOUR, expires_at=NOW - HOUR + 31 * DAY + 1,
+    ))
+
+    outcome = updater.run_once()
+
+    assert outcome.rejections[0].reason == "validity too long"
+    assert updater.storage.bundle is None
+
+
+def test_raised_validity_limit_accepts_longer_bundle(env):
+    updater = env.updater()
+    updater.max_validity_days = 90
+    env.server.routes[BUNDLE_PATH] = static(env.trust.bundle(
+        keys={MEMBER: FOREVER}, issued_at=NOW - HOUR, expires_at=NOW - HOUR + 60 * DAY,
+    ))
+
+    outcome = updater.run_once()
+
+    assert outcome.rejections == ()
+    assert updater.storage.bundle.document.version == 1

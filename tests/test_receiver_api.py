@@ -51,13 +51,23 @@ def last_seen_body(*items: tuple[str, int], precision: int = PRECISION) -> dict:
                       for hwid, start in items]}
 
 
-def status_body(version: int = 1, events: tuple = (), sent_at: float | None = None) -> dict:
+def status_body(version: int = 1, events: tuple = (), sent_at: float | None = None,
+                counters: dict | None = None) -> dict:
     now = sent_at or time.time()
-    return {"batch_id": batch_id(), "sent_at": iso(now), "status": {
+    body = {"batch_id": batch_id(), "sent_at": iso(now), "status": {
         "bundle_version": version, "bundle_sha256": "ab" * 32, "bundle_expires_at": iso(now + 86400),
         "clock": iso(now), "clock_behind_floor": False, "uptime": 12.5,
         "reader": {"healthy": True, "last_error": None}, "last_rejected_bundle": None,
         "spool_dropped": 0, "events": [{"type": kind, "at": iso(now - 10), "detail": None} for kind in events]}}
+    if counters is not None:
+        body["status"]["counters"] = counters
+    return body
+
+
+def counters(exit_button: int = 0, door_forced: int = 0, door_held_open: int = 0, granted: int = 0,
+             denied: int = 0) -> dict:
+    return {"exit_button": exit_button, "door_forced": door_forced, "door_held_open": door_held_open,
+            "granted": granted, "denied": denied}
 
 
 def snapshot(database: Path) -> dict[str, list]:
@@ -198,6 +208,33 @@ def test_status_latest_kept_and_events_logged(site, front):
     assert lock["bundle_version"] == 8
     types = {event["type"] for event in queries.events(site.database, "front-door")}
     assert {"door-forced", "exit-button"} <= types
+
+
+def test_status_counters_kept_with_latest_status(site, back):
+    now = time.time()
+    older = post(back, site, "status", status_body(counters=counters(exit_button=3, granted=40), sent_at=now - 20))
+    newer = post(back, site, "status", status_body(counters=counters(exit_button=5, door_forced=1, door_held_open=2,
+                                                                     granted=41, denied=7), sent_at=now - 10))
+    late_old = post(back, site, "status", status_body(counters=counters(exit_button=1), sent_at=now - 30))
+
+    assert [older.status_code, newer.status_code, late_old.status_code] == [200, 200, 200]
+    [lock] = [row for row in queries.locks(site.database) if row["lock"] == "back-door"]
+    assert lock["counters"] == counters(exit_button=5, door_forced=1, door_held_open=2, granted=41, denied=7)
+    assert lock["status"]["counters"] == lock["counters"]
+
+
+def test_status_without_counters_accepted(site):
+    # A lock that runs a lockclient from before the counters.
+    site.add_lock("annex")
+    try:
+        answer = post(site.session("annex"), site, "status", status_body(version=3))
+    finally:
+        site.remove_lock("annex")
+
+    assert answer.status_code == 200, answer.text
+    [lock] = [row for row in queries.locks(site.database) if row["lock"] == "annex"]
+    assert lock["bundle_version"] == 3
+    assert lock["counters"] is None
 
 
 def test_locks_compares_running_and_published(site, front):
@@ -500,6 +537,14 @@ def _bad_status() -> list[tuple[str, dict, str]]:
         ("version as string", changed(lambda b: b["status"].update(bundle_version="7")), "status.bundle_version"),
         ("event in the future", changed(lambda b: b["status"]["events"][1].update(at=iso(time.time() + 7200))),
          "status.events[1].at"),
+        ("counter negative", changed(lambda b: b["status"].update(counters={**counters(), "denied": -1})),
+         "status.counters.denied"),
+        ("counter with a fraction", changed(lambda b: b["status"].update(counters={**counters(), "granted": 3.0})),
+         "status.counters.granted"),
+        ("counter unknown", changed(lambda b: b["status"].update(counters={**counters(), "tailgating": 1})),
+         "status.counters.tailgating"),
+        ("counter missing", changed(lambda b: b["status"].update(counters={"exit_button": 1})),
+         "status.counters.door_forced"),
     ]
 
 

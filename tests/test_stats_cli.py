@@ -121,6 +121,49 @@ def test_locks_text_marks_reader_fault(database):
     assert "no reader on usb" in output
 
 
+COUNTERS = {"exit_button": 12, "door_forced": 1, "door_held_open": 2, "granted": 340, "denied": 9}
+
+
+def store_counting_status(database: Path) -> None:
+    """A second lock whose status carries counters, 3 days after its daemon started."""
+    store = SQLiteStore(database)
+    try:
+        store.store_status(Batch("workshop", "batch-status-0002", "d4", T0), T0,
+                           json.dumps({"reader": {"healthy": True, "last_error": None}, "uptime": 259_200.4,
+                                       "counters": COUNTERS}), 6, "cd" * 32, [],
+                           Contact("workshop", "cd" * 32, T0, 2))
+    finally:
+        store.close()
+
+
+def test_locks_json_shows_counters(database):
+    store_counting_status(database)
+
+    code, output = run("locks", "--db", str(database), "--format", "json")
+
+    assert code == 0, output
+    rows = {row["lock"]: row for row in json.loads(output)}
+    assert rows["workshop"]["counters"] == COUNTERS
+    assert rows["workshop"]["uptime"] == 259_200.4
+    assert rows["front-door"]["counters"] is None  # its lockclient sends none
+
+
+def test_locks_text_shows_counters(database):
+    store_counting_status(database)
+
+    code, output = run("locks", "--db", str(database))
+
+    assert code == 0, output
+    header, *lines = output.splitlines()
+    columns = header.split()
+    rows = {line.split()[0]: dict(zip(columns, line.split())) for line in lines}
+    assert columns[columns.index("uptime_s"):columns.index("reader")] == [
+        "uptime_s", "granted", "denied", "exit_button", "forced", "held_open"]
+    assert [rows["workshop"][name] for name in ("uptime_s", "granted", "denied", "exit_button", "forced",
+                                                  "held_open")] == ["259200", "340", "9", "12", "1", "2"]
+    assert rows["front-door"]["exit_button"] == "-"
+
+
 def test_database_from_config(database, tmp_path):
     config = tmp_path / "receiver.toml"
     config.write_text(f'[server]\nmode = "proxy"\n[data]\nmanifest = "missing.json"\ndatabase = "{database}"\n')
