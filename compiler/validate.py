@@ -28,6 +28,7 @@ from cryptography.x509.oid import NameOID
 
 from compiler.model import AccessRepository, AccessRule, Lock, Person, Schedule, Source
 from compiler.problems import ERROR, WARNING, Problem
+from lockclient.config import DEFAULT_MAX_BUNDLE_VALIDITY_DAYS as LOCK_DEFAULT_MAX_VALIDITY_DAYS
 
 if TYPE_CHECKING:
     from compiler.loader import LoadedFile, LoadState
@@ -264,6 +265,15 @@ def _check_lock(lock: Lock, root: Path, now: datetime, report: _Reporter) -> Non
         )
     if lock.certificate_file is not None:
         _check_certificate_file(lock, root, now, report)
+
+    if lock.valid_days > LOCK_DEFAULT_MAX_VALIDITY_DAYS:
+        report.warning(
+            report.source(lock.source, ("bundle", "valid_days")),
+            f"lock {lock.name!r} gets bundles valid for {lock.valid_days} days, but a lock rejects bundles "
+            f"valid longer than its max_bundle_validity_days ({LOCK_DEFAULT_MAX_VALIDITY_DAYS} unless raised)",
+            f"set max_bundle_validity_days = {lock.valid_days} or more in the lock's configuration, "
+            f"or lower valid_days to {LOCK_DEFAULT_MAX_VALIDITY_DAYS}",
+        )
 
 
 def _check_certificate_file(lock: Lock, root: Path, now: datetime, report: _Reporter) -> None:

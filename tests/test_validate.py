@@ -645,3 +645,15 @@ def test_certificate_shared_by_two_locks_rejected(tmp_path):
     assert (problem.file, problem.line, problem.severity) == ("locks/front-door.yaml", 4, "error")
     assert "same certificate sha256 as lock 'back-door'" in problem.message
     assert "doorlock pki issue-lock front-door" in problem.fix
+
+
+def test_validity_above_lock_limit_warned(tmp_path):
+    changes = {
+        "locks/front-door.yaml": f'name: front-door\ntimezone: Europe/Amsterdam\ncertificate:\n  sha256: "{FINGERPRINT}"\n'
+                                 "bundle:\n  valid_days: 45\n",
+    }
+    [problem] = problems_of(write_repository(tmp_path, changes))
+
+    assert (problem.file, problem.line, problem.severity) == ("locks/front-door.yaml", 6, "warning")
+    assert "valid for 45 days" in problem.message
+    assert "max_bundle_validity_days = 45" in problem.fix
