@@ -380,8 +380,8 @@ def verify_bundle(
 
     if lock != lock_name:
         raise WrongLockError(f"bundle is for lock {lock!r}, this lock is {lock_name!r}")
-    # NOTE: this bounds the span only. A forged issued_at far in the future holds the clock floor
-    # there (lockclient.clock), so such a bundle lasts until its key is revoked, not max_validity.
+    # The lock counts this span from acceptance (lockclient.clock), so a forged issued_at in the
+    # future does not stretch how long the bundle lasts there.
     _check_validity_span(version, issued_at, expires_at, max_validity)
     # A stored version set by a bundle whose signing key the root has since removed from the
     # signers document does not bind: whoever stole that key may have signed a huge version so
@@ -390,7 +390,8 @@ def verify_bundle(
         previous = None
     _check_rollback("bundle", version, digest, previous)
     # issued_at is not compared with ``now``. The clock floor it raises is tied to ``signed_by``
-    # (lockclient.clock), so a future issue time forged with a stolen key ends with the key.
+    # (lockclient.clock), so a future issue time forged with a stolen key ends with the key, and
+    # the lock moves that floor on from acceptance, so the bundle expires after its span anyway.
     if not allow_expired and now >= expires_at:
         raise ExpiredError(f"bundle version {version} expired at {format_time(expires_at)}")
 

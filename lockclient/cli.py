@@ -47,7 +47,7 @@ def _trusted_clock(storage):
     from lockclient.clock import Clock
 
     clock = Clock(floor=storage.clock_floor)
-    clock.observe_stored(*storage.stored_documents())
+    clock.observe_stored(*storage.stored_documents(), storage.bundle_accepted_at)
     return clock
 
 
@@ -126,7 +126,8 @@ def status(config_path: str, as_json: bool) -> None:
         "bundle_version": bundle.version if bundle else None,
         "bundle_sha256": bundle.sha256 if bundle else None,
         "bundle_issued_at": format_time(bundle.issued_at) if bundle else None,
-        "bundle_expires_at": format_time(bundle.expires_at) if bundle else None,
+        "bundle_expires_at": format_time(clock.effective_expiry(bundle.expires_at)) if bundle else None,
+        "bundle_signed_expiry": format_time(bundle.expires_at) if bundle else None,
         "bundle_expired": expired,
         "expired_policy": config.expired_policy,
         "keys": len(bundle.keys) if bundle else None,

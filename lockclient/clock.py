@@ -5,7 +5,8 @@ make a revoked or expired bundle look current. Decisions therefore use::
 
     now = max(system clock, floor)
     floor = max(system part, issued_at of the newest signers document,
-                issued_at of the newest bundle per signing key that is still listed)
+                issued_at of the newest bundle per signing key that is still listed
+                + time elapsed since that bundle was accepted)
 
 Each part of the floor has its own source, so that a bad source can be taken out again:
 
@@ -13,12 +14,17 @@ Each part of the floor has its own source, so that a bad source can be taken out
   system clock at the speed of the monotonic clock only. A forward step of the system clock
   (a wrong real-time clock, a bad NTP response) moves it only after the clock has kept the step
   for :data:`CONFIRM_SECONDS`, so a step that NTP puts right within that time leaves no trace.
-  It never goes beyond the current bundle's ``expires_at``.
+  While the system clock is behind it, it moves on at the speed of the monotonic clock, because
+  real time passes all the same. It never goes beyond the current bundle's ``expires_at``.
 - The signers part comes from documents signed by a root key, which stays offline.
 - Each bundle part remembers the signing key that vouched for it. A bundle forged with a stolen
   key and an ``issued_at`` in the future raises the floor only until a signers document without
   that key is accepted. Signers documents are judged without bundle parts
   (:meth:`Clock.now_for_signers`), so a forged bundle cannot make that document look expired.
+  A bundle part does not stand still at its issue time: it moves on by the time elapsed since
+  the bundle was accepted, measured with the system part. Each bundle therefore expires at the
+  latest once its span (``expires_at - issued_at``) has elapsed on the lock, however far in the
+  future its ``issued_at`` lies and however long updates are withheld.
 """
 
 from __future__ import annotations
@@ -67,16 +73,45 @@ class Clock:
         self._accepted_offset = self._floor - self._last_sample if self._floor > 0 else math.inf
         # (smallest larger offset seen, monotonic time it was first seen) while a step is unconfirmed
         self._pending_step: tuple[float, float] | None = None
+        # The ceiling last passed to advance_floor: None (no bundle) holds the system part still.
+        self._ceiling: float | None = math.inf
         self._signers_issued_at = 0.0
         self._listed_keys: frozenset[str] | None = None
-        self._bundle_issued_at: dict[str, float] = {}
+        # signing key -> (issue time of its newest bundle, system part when that bundle was accepted)
+        self._bundle_parts: dict[str, tuple[float, float]] = {}
         self._behind_reported = False
         self._lock = threading.Lock()
 
     @property
     def floor(self) -> float:
+        system = self.system_time()
+        monotonic = self.monotonic()
         with self._lock:
-            return max(self._floor, self._signers_issued_at, *self._bundle_issued_at.values())
+            system_part = self._current_system_part(system, monotonic)
+            return max(system_part, self._signers_issued_at, *self._bundle_parts_at(system_part))
+
+    def _bundle_parts_at(self, system_part: float) -> list[float]:
+        """Each bundle part: its issue time plus the time elapsed since its bundle was accepted."""
+        return [issued_at + max(0.0, system_part - accepted) for issued_at, accepted in self._bundle_parts.values()]
+
+    def system_part(self) -> float:
+        """Return the system part as it stands now, without saving it or judging clock steps.
+
+        It follows the system clock, at the speed of the monotonic clock at most, and moves at
+        monotonic speed while the system clock is behind it. It is how elapsed time is measured
+        for the bundle parts; :meth:`advance_floor` moves the saved value the same way.
+        """
+        system = self.system_time()
+        monotonic = self.monotonic()
+        with self._lock:
+            return self._current_system_part(system, monotonic)
+
+    def _current_system_part(self, system: float, monotonic: float) -> float:
+        if self._ceiling is None:
+            return self._floor
+        elapsed = max(0.0, monotonic - self._last_sample)
+        offset = max(self._accepted_offset, self._floor - self._last_sample)
+        return max(self._floor, min(max(system, self._floor + elapsed), monotonic + offset, self._ceiling))
 
     def now(self) -> float:
         """Return the trusted current time in Unix seconds."""
@@ -89,8 +124,27 @@ class Clock:
         one that revokes the key, look expired.
         """
         system = self.system_time()
+        monotonic = self.monotonic()
         with self._lock:
-            return max(system, self._floor, self._signers_issued_at)
+            return max(system, self._current_system_part(system, monotonic), self._signers_issued_at)
+
+    def effective_expiry(self, expires_at: float) -> float:
+        """Return when a bundle expiring at ``expires_at`` stops counting, in system-clock terms.
+
+        That is ``expires_at`` less the lead that bundle parts give the trusted time over the
+        other sources. For a genuine bundle there is none; a bundle with a forged future
+        ``issued_at`` expires once its span has elapsed, and this says when.
+        """
+        system = self.system_time()
+        monotonic = self.monotonic()
+        with self._lock:
+            system_part = self._current_system_part(system, monotonic)
+            without_bundles = max(system, system_part, self._signers_issued_at)
+            # Each part's lead, grouped so that large instants cancel before they are added.
+            leads = [(issued_at - accepted) - (without_bundles - system_part) if system_part >= accepted
+                     else issued_at - without_bundles
+                     for issued_at, accepted in self._bundle_parts.values()]
+        return expires_at - max([0.0, *leads])
 
     # -- verified issue times --------------------------------------------------------------
 
@@ -99,19 +153,23 @@ class Clock:
         with self._lock:
             self._signers_issued_at = max(self._signers_issued_at, float(signers.issued_at))
             self._listed_keys = frozenset(signers.keys)
-            for keyid in [keyid for keyid in self._bundle_issued_at if keyid not in self._listed_keys]:
-                issued_at = self._bundle_issued_at.pop(keyid)
+            for keyid in [keyid for keyid in self._bundle_parts if keyid not in self._listed_keys]:
+                issued_at, _ = self._bundle_parts.pop(keyid)
                 log.warning(
                     "signing key %s is no longer listed: the clock floor drops the issue time %s "
                     "of the bundle it signed", keyid[:16], format_time(issued_at),
                 )
 
-    def observe_bundle(self, bundle: Bundle) -> None:
+    def observe_bundle(self, bundle: Bundle, accepted_at: float | None = None) -> None:
         """Raise the floor to a verified bundle's issue time, on behalf of the key that signed it.
 
+        ``accepted_at`` is the system part when the bundle was accepted (saved with it); from
+        then on the bundle part moves on by the elapsed time. None means now.
         A bundle whose key the last observed signers document does not list (a stored bundle
         verified with the previous signers document) does not count.
         """
+        if accepted_at is None:
+            accepted_at = self.system_part()
         with self._lock:
             if self._listed_keys is not None and bundle.signed_by not in self._listed_keys:
                 log.warning(
@@ -120,15 +178,24 @@ class Clock:
                     bundle.version, bundle.signed_by[:16], format_time(bundle.issued_at),
                 )
                 return
-            previous = self._bundle_issued_at.get(bundle.signed_by, 0.0)
-            self._bundle_issued_at[bundle.signed_by] = max(previous, float(bundle.issued_at))
+            previous = self._bundle_parts.get(bundle.signed_by)
+            if previous is None or float(bundle.issued_at) > previous[0]:
+                self._bundle_parts[bundle.signed_by] = (float(bundle.issued_at), float(accepted_at))
 
-    def observe_stored(self, signers: Signers | None, bundle: Bundle | None) -> None:
-        """Observe the documents loaded from the state directory at start, signers first."""
+    def observe_stored(self, signers: Signers | None, bundle: Bundle | None,
+                       accepted_at: float | None = None) -> None:
+        """Observe the documents loaded from the state directory at start, signers first.
+
+        ``accepted_at`` is the system part saved when the bundle was accepted. Without it (a
+        state file from an older lockclient) acceptance counts from the saved system part, or
+        from now when no system part was saved either.
+        """
         if signers is not None:
             self.observe_signers(signers)
         if bundle is not None:
-            self.observe_bundle(bundle)
+            if accepted_at is None and self._floor > 0:
+                accepted_at = self._floor
+            self.observe_bundle(bundle, accepted_at)
 
     # -- the system part ---------------------------------------------------------------------
 
@@ -144,9 +211,13 @@ class Clock:
             # Real time has advanced at least as far as the monotonic clock since the last sample,
             # also while the system clock was behind the floor.
             self._accepted_offset = max(self._accepted_offset, self._floor - self._last_sample)
+            elapsed = max(0.0, monotonic - self._last_sample)
             self._last_sample = monotonic
+            self._ceiling = None if ceiling is None else float(ceiling)
             if ceiling is not None:
-                candidate = min(system, monotonic + self._accepted_offset, float(ceiling))
+                # While the system clock is behind the system part, real time still passes at
+                # the speed of the monotonic clock.
+                candidate = min(max(system, self._floor + elapsed), monotonic + self._accepted_offset, float(ceiling))
                 self._floor = max(self._floor, candidate)
             return self._floor
 

@@ -146,7 +146,7 @@ class LockDaemon:
         self.clock = Clock(
             floor=self.storage.clock_floor, system_time=self.clock.system_time, monotonic=self.monotonic,
         )
-        self.clock.observe_stored(*self.storage.stored_documents())
+        self.clock.observe_stored(*self.storage.stored_documents(), self.storage.bundle_accepted_at)
         if config.keep_expired:
             log.warning("expired_policy is keep-last-bundle: an expired bundle keeps opening for everyone in it")
 
@@ -491,7 +491,7 @@ class LockDaemon:
         return {
             "bundle_version": bundle.version if bundle else None,
             "bundle_sha256": bundle.sha256 if bundle else None,
-            "bundle_expires_at": format_time(bundle.expires_at) if bundle else None,
+            "bundle_expires_at": format_time(self.clock.effective_expiry(bundle.expires_at)) if bundle else None,
             "clock": format_time(self.clock.system_time()),
             "clock_behind_floor": self.clock.behind_floor(),
             "uptime": int(self.monotonic() - self.started),

@@ -5,7 +5,8 @@ Files in the state directory:
 - ``bundle.json`` / ``bundle.previous.json``: current and previous verified bundle envelopes;
 - ``signers.json`` / ``signers.previous.json``: the same for the signers document;
 - ``state.json``: versions and hashes accepted so far (rollback protection), the key that signed
-  the current bundle, ETags, the system part of the clock floor (``clock_floor``, see
+  the current bundle and the system part of the clock floor when it was accepted
+  (``accepted_system_time``), ETags, the system part of the clock floor (``clock_floor``, see
   :mod:`lockclient.clock`), last fetch and last rejected bundle.
 
 Every write goes to a temporary file in the same directory, is fsynced, renamed over the target
@@ -221,6 +222,19 @@ class Storage:
         value = self.state.get("clock_floor", 0)
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
+    @property
+    def bundle_accepted_at(self) -> float | None:
+        """The system part of the clock floor when the current bundle was accepted, if saved.
+
+        None for a state file from an older lockclient, and when the bundle in use is not the one
+        the state file describes (a fallback to the previous bundle).
+        """
+        entry = self.state.get("bundle") or {}
+        if self.bundle is None or entry.get("sha256") != self.bundle.document.sha256:
+            return None
+        value = entry.get("accepted_system_time")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
     def stored_documents(self) -> tuple[Signers | None, Bundle | None]:
         """Return the verified signers document and bundle in force, for the clock floor at start."""
         signers = self.signers.document if self.signers is not None else None
@@ -237,13 +251,16 @@ class Storage:
         self.state["signers"] = {"version": signers.version, "sha256": signers.sha256, "etag": etag}
         self.save_state()
 
-    def store_bundle(self, data: bytes, bundle: Bundle, etag: str | None) -> None:
+    def store_bundle(self, data: bytes, bundle: Bundle, etag: str | None, accepted_at: float | None = None) -> None:
+        """Store a verified bundle; ``accepted_at`` is the clock's system part at acceptance."""
         if self.bundle is not None:
             atomic_write(self.directory / PREVIOUS_BUNDLE_FILE, self.bundle.data)
         atomic_write(self.directory / BUNDLE_FILE, data)
         self.bundle = StoredDocument(data, bundle)
         self.state["bundle"] = {"version": bundle.version, "sha256": bundle.sha256, "etag": etag,
                                 "signed_by": bundle.signed_by}
+        if accepted_at is not None:
+            self.state["bundle"]["accepted_system_time"] = accepted_at
         self.save_state()
 
     def save_state(self) -> None:

@@ -2,7 +2,8 @@
 
 Order matters: the signers document is fetched first because it says which signing keys the
 bundle may carry. A bundle valid for longer than ``max_bundle_validity_days`` is rejected like
-a forged one, because its own signed expiry is all that ends it while updates are withheld.
+a forged one, because its span, counted from acceptance (:mod:`lockclient.clock`), is all
+that ends it while updates are withheld.
 A rejected download is logged with its reason, remembered for the next status push, and never
 replaces what is stored; the current bundle stays in force. The ETag of a rejected document is
 not kept, so it is downloaded and judged again on the next round.
@@ -150,8 +151,10 @@ class Updater:
         except (RecursionError, MemoryError, ValueError) as error:
             rejections.append(self._reject("bundle", result.data, _as_malformed(error)))
             return False
-        self.storage.store_bundle(result.data, bundle, result.etag)
-        self.clock.observe_bundle(bundle)
+        # From here the bundle lasts at most its span of elapsed time (lockclient.clock).
+        accepted_at = self.clock.system_part()
+        self.storage.store_bundle(result.data, bundle, result.etag, accepted_at)
+        self.clock.observe_bundle(bundle, accepted_at)
         log.info(
             "accepted bundle version %d for %s: %d keys, expires %s",
             bundle.version, bundle.lock, len(bundle.keys), bundle_mod.format_time(bundle.expires_at),

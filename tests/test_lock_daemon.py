@@ -17,7 +17,9 @@ import pytest
 from click.testing import CliRunner
 
 from lockclient.actuator import LogOutput
+from lockclient.bundle import format_time
 from lockclient.cli import main
+from lockclient.clock import Clock
 from lockclient.config import ReaderSettings
 from lockclient.config import load_config
 from lockclient.daemon import EXIT_STALLED, LockDaemon
@@ -31,7 +33,7 @@ from tests.receiver_harness import ReceiverSite
 from tests.test_lock_reader import TYPE2_UID, Emulator
 from compiler import pki
 from compiler.cli import main as doorlock
-from tests.tls_fixtures import TestPki, static
+from tests.tls_fixtures import TestPki, static, status_only
 
 ROOT = Path(__file__).resolve().parent.parent
 MEMBER = "04:a2:3b:4c:5d:6e:7f"
@@ -488,3 +490,26 @@ def test_cli_rejects_bad_config_without_traceback(tmp_path):
     assert result.exit_code == 2
     assert "bundle_url" in result.output
     assert "Traceback" not in result.output
+
+
+def test_status_reports_effective_expiry_of_forged_bundle(env, running):
+    # A bundle signed with a stolen key, issued 400 days ahead and accepted 10 days ago while
+    # the attacker withholds every update since: it has 20 days left, not 420.
+    start = NOW + 2000 * DAY
+    env.server.routes[SIGNERS_PATH] = static(env.trust.signers(issued_at=start - DAY, expires_at=start + 365 * DAY))
+    env.server.routes[BUNDLE_PATH] = static(env.trust.bundle(
+        version=2**40, keys={MEMBER: FOREVER}, issued_at=start + 400 * DAY, expires_at=start + 430 * DAY,
+    ))
+    env.updater(clock=Clock(system_time=lambda: float(start))).run_once()
+    state_file = env.config.state_dir / "state.json"
+    state = json.loads(state_file.read_text())
+    state["clock_floor"] = start + 10 * DAY
+    state_file.write_text(json.dumps(state))
+    env.server.routes[BUNDLE_PATH] = status_only(503)
+
+    daemon, _ = running(system_time=lambda: float(start + 10 * DAY))
+    status = daemon.status_snapshot()
+
+    assert state["bundle"]["accepted_system_time"] == start
+    assert status["bundle_version"] == 2**40
+    assert status["bundle_expires_at"] == format_time(start + 30 * DAY)

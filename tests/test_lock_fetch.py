@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
-from lockclient.bundle import decide
+import pytest
+from click.testing import CliRunner
+
+from lockclient.bundle import decide, format_time
+from lockclient.cli import main
 from lockclient.clock import CONFIRM_SECONDS, Clock
 from lockclient.fetch import Backoff, FetchError
 from lockclient.storage import Storage
@@ -356,7 +360,7 @@ def test_restart_clock_in_past_uses_floor(env):
     times.elapsed += 300
     floor = clock.advance_floor(storage.bundle.document.expires_at)
 
-    assert judged_at == NOW + 3 * DAY
+    assert judged_at == NOW + 3 * DAY + 300  # the saved value plus the uptime so far
     assert behind
     assert floor == NOW + 3 * DAY + 600  # the saved value plus the uptime, not the two days off
 
@@ -534,3 +538,171 @@ def test_raised_validity_limit_accepts_longer_bundle(env):
 
     assert outcome.rejections == ()
     assert updater.storage.bundle.document.version == 1
+
+
+def run_for(updater, times: SteppedTime, seconds: float, rounds: int = 4) -> None:
+    """Let ``seconds`` of real time pass in update rounds that reach nothing (withheld updates)."""
+    bundle = updater.storage.bundle.document
+    for _ in range(rounds):
+        times.advance(seconds / rounds)
+        updater.clock.advance_floor(bundle.expires_at)
+
+
+def restarted(env, updater, times: SteppedTime) -> tuple[Storage, Clock]:
+    """Save the system part as the daemon does, then load the state directory like a new start."""
+    updater.storage.state["clock_floor"] = int(updater.clock.advance_floor(updater.storage.bundle.document.expires_at))
+    updater.storage.save_state()
+    times.elapsed = 5.0
+    storage = Storage(env.config.state_dir, env.config.lock, updater.root_keys)
+    storage.load(times.wall)
+    clock = times.clock(storage.clock_floor)
+    clock.observe_stored(*storage.stored_documents(), storage.bundle_accepted_at)
+    return storage, clock
+
+
+def test_forged_future_bundle_expires_after_its_span(env):
+    times = SteppedTime(NOW)
+    updater = env.updater(clock=times.clock())
+    updater.run_once()
+    env.server.routes[BUNDLE_PATH] = static(forge_with_stolen_key(env, NOW + 400 * DAY))
+    updater.run_once()
+    forged = updater.storage.bundle.document
+    env.server.routes[BUNDLE_PATH] = status_only(503)  # the attacker withholds every update
+
+    run_for(updater, times, 30 * DAY - 60)
+    before = decide(forged, THIEF, updater.clock.now())
+    effective = updater.clock.effective_expiry(forged.expires_at)
+    run_for(updater, times, 60)
+    after = decide(forged, THIEF, updater.clock.now())
+
+    assert forged.version == 2**40
+    assert before.allowed
+    assert effective == NOW + 30 * DAY
+    assert after.code == "expired"
+    assert not decide(forged, MEMBER, updater.clock.now()).allowed
+
+
+def test_genuine_bundle_expires_at_its_signed_expiry(env):
+    times = SteppedTime(NOW)
+    env.server.routes[BUNDLE_PATH] = static(env.trust.bundle(
+        keys={MEMBER: FOREVER}, issued_at=NOW - 5 * DAY, expires_at=NOW + 2 * DAY,
+    ))
+    updater = env.updater(clock=times.clock())
+    updater.run_once()
+    bundle = updater.storage.bundle.document
+
+    effective = updater.clock.effective_expiry(bundle.expires_at)
+    run_for(updater, times, 2 * DAY - 1)
+    before = decide(bundle, MEMBER, updater.clock.now())
+    run_for(updater, times, 1, rounds=1)
+
+    assert effective == NOW + 2 * DAY
+    assert before.allowed
+    assert updater.clock.now() == NOW + 2 * DAY
+    assert decide(bundle, MEMBER, updater.clock.now()).code == "expired"
+
+
+def test_bundle_expires_after_its_span_on_a_clock_behind(env):
+    times = SteppedTime(978_307_200.0)  # 2001-01-01: a new Pi without RTC and without NTP
+    updater = env.updater(clock=times.clock())
+    updater.run_once()
+    bundle = updater.storage.bundle.document  # issued an hour before NOW, valid for 7 days and an hour
+
+    judged_at = updater.clock.now()
+    run_for(updater, times, 7 * DAY + HOUR - 1)
+    before = decide(bundle, MEMBER, updater.clock.now())
+    run_for(updater, times, 1, rounds=1)
+
+    assert judged_at == bundle.issued_at
+    assert before.allowed
+    assert decide(bundle, MEMBER, updater.clock.now()).code == "expired"
+
+
+def test_restart_keeps_forged_bundle_acceptance_time(env):
+    times = SteppedTime(NOW)
+    updater = env.updater(clock=times.clock())
+    updater.run_once()
+    env.server.routes[BUNDLE_PATH] = static(forge_with_stolen_key(env, NOW + 400 * DAY))
+    updater.run_once()
+    run_for(updater, times, 20 * DAY)
+
+    storage, clock = restarted(env, updater, times)
+    forged = storage.bundle.document
+    accepted_at = storage.bundle_accepted_at
+    effective = clock.effective_expiry(forged.expires_at)
+    times.advance(10 * DAY - 60)
+    before = decide(forged, THIEF, clock.now())
+    times.advance(60)
+
+    assert accepted_at == NOW
+    assert effective == NOW + 30 * DAY
+    assert before.allowed
+    assert decide(forged, THIEF, clock.now()).code == "expired"
+
+
+def test_old_state_file_counts_acceptance_from_saved_floor(env):
+    times = SteppedTime(NOW)
+    updater = env.updater(clock=times.clock())
+    updater.run_once()
+    env.server.routes[BUNDLE_PATH] = static(forge_with_stolen_key(env, NOW + 400 * DAY))
+    updater.run_once()
+    run_for(updater, times, 20 * DAY)
+    del updater.storage.state["bundle"]["accepted_system_time"]  # written by an older lockclient
+
+    storage, clock = restarted(env, updater, times)
+    forged = storage.bundle.document
+    times.advance(30 * DAY - 60)
+    before = decide(forged, THIEF, clock.now())
+    times.advance(60)
+
+    assert storage.bundle_accepted_at is None
+    assert before.allowed
+    assert decide(forged, THIEF, clock.now()).code == "expired"
+
+
+def test_cli_reports_effective_expiry_of_forged_bundle(env):
+    # Far ahead of the real clock the CLI reads, so that the saved system part is what counts.
+    start = NOW + 2000 * DAY
+    env.server.routes[SIGNERS_PATH] = static(env.trust.signers(issued_at=start - DAY, expires_at=start + 365 * DAY))
+    env.server.routes[BUNDLE_PATH] = static(forge_with_stolen_key(env, start + 400 * DAY))
+    times = SteppedTime(start)
+    updater = env.updater(clock=times.clock())
+    updater.run_once()
+    run_for(updater, times, 10 * DAY)
+    restarted(env, updater, times)
+    config = str(env.config.path)
+    runner = CliRunner()
+
+    status = json.loads(runner.invoke(main, ["status", "--json", "--config", config]).output)
+    opens = runner.invoke(main, ["check", THIEF, "--config", config])
+    state_file = env.config.state_dir / "state.json"
+    state = json.loads(state_file.read_text())
+    state["clock_floor"] = start + 30 * DAY  # the span has elapsed since acceptance
+    state_file.write_text(json.dumps(state))
+    lapsed = json.loads(runner.invoke(main, ["status", "--json", "--config", config]).output)
+    denied = runner.invoke(main, ["check", THIEF, "--config", config])
+
+    assert status["bundle_expires_at"] == format_time(start + 30 * DAY)
+    assert status["bundle_signed_expiry"] == format_time(start + 430 * DAY)
+    assert status["bundle_expired"] is False
+    assert opens.exit_code == 0, opens.output
+    assert lapsed["bundle_expired"] is True
+    assert denied.exit_code == 1
+    assert "(expired)" in denied.output
+
+
+def test_effective_expiry_of_bundle_by_revoked_key_is_its_signed_expiry(env):
+    times = SteppedTime(NOW)
+    updater = env.updater(clock=times.clock())
+    updater.run_once()
+    env.server.routes[BUNDLE_PATH] = static(forge_with_stolen_key(env, NOW + 400 * DAY))
+    updater.run_once()
+    revoke_stolen_key(env)
+    env.server.routes[BUNDLE_PATH] = status_only(500)
+    with pytest.raises(FetchError):
+        updater.run_once()  # the new signers document is stored, the genuine bundle is not
+
+    forged = updater.storage.bundle.document
+
+    assert updater.clock.now() == NOW
+    assert updater.clock.effective_expiry(forged.expires_at) == forged.expires_at
