@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,3 +83,18 @@ class LockEnvironment:
 
     def close(self) -> None:
         self.server.stop()
+
+
+class IdleFrontend:
+    """An nfcpy frontend stand-in with no card in the field: connect() polls until terminate()."""
+
+    def open(self, path):
+        return True
+
+    def connect(self, rdwr, terminate):
+        while not terminate():
+            time.sleep(0.01)
+        return None
+
+    def close(self):
+        pass

@@ -24,7 +24,7 @@ from lockclient.gpio import FakeGpio
 from lockclient.reader import TagRead
 from lockclient.spool import SPOOL_FILE
 from tests.bundle_factory import FOREVER, Trust
-from tests.lock_environment import BUNDLE_PATH, SIGNERS_PATH, write_config
+from tests.lock_environment import BUNDLE_PATH, SIGNERS_PATH, IdleFrontend, write_config
 from tests.tls_fixtures import ScriptedServer, make_pki, static
 
 MEMBER = "04:a2:3b:4c:5d:6e:7f"
@@ -43,21 +43,6 @@ buzzer = { line = 26 }
 [door]
 held_open_seconds = 30
 """
-
-
-class IdleFrontend:
-    """An nfcpy frontend stand-in that never sees a card; taps are fed to the daemon directly."""
-
-    def open(self, path):
-        return True
-
-    def connect(self, rdwr, terminate):
-        while not terminate():
-            time.sleep(0.01)
-        return None
-
-    def close(self):
-        pass
 
 
 def wait_for(condition, what: str, seconds: float = 20.0) -> None:
