@@ -15,7 +15,7 @@ break-glass key, an always-open grant on a lock, a raised offline validity (``va
 a changed signers document, and lockdown switched on or off.
 
 Changes that only touch formatting, comments, descriptions or names produce no entries, so
-the output says "no change in access".
+the output reads "no change in access".
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ def _flag_always_open(
     base: dict[tuple[str, str], list[Grant]],
     head: dict[tuple[str, str], list[Grant]],
 ) -> None:
-    """Flag every lock on which an always-open grant appears: by a new rule or a new member."""
+    """Flag every lock on which an always-open grant appears through a new rule or a new member."""
     old_rules = _always_open_rules(base_repo)
     new_rules = _always_open_rules(head_repo) - old_rules
     for group, lock in sorted(new_rules):
@@ -432,9 +432,10 @@ def _diff_signers(result: AccessDiff, before: bytes | None, after: bytes | None)
 
 
 def _signer_ids(data: bytes | None) -> set[str] | None:
-    """Read the key ids a signers document lists, without verifying it; None if unreadable.
+    """Return the key ids a signers document lists, without verifying it, or None if unreadable.
 
-    The diff only describes the change for a reviewer; the lock verifies the document itself.
+    A missing document (``data`` is None) lists no ids. The diff only describes the change for
+    a reviewer, and the lock verifies the document itself.
     """
     if data is None:
         return set()
@@ -454,7 +455,7 @@ def read_signers(root: Path) -> bytes | None:
 
 # Markdown -------------------------------------------------------------------------------
 
-# GitHub rejects comments over 65,536 characters; stay well below it and say what was cut.
+# GitHub rejects comments over 65,536 characters, so stay well below it and state what was cut.
 MARKDOWN_LIMIT = 60_000
 _MARKDOWN_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*[]<>|#"})
 # An underscore starts or ends emphasis only next to a non-alphanumeric character: john_doe
@@ -463,14 +464,14 @@ _EDGE_UNDERSCORE = re.compile(r"(?<![^\W_])_|_(?![^\W_])")
 
 
 def _escape(text: str) -> str:
-    """Escape what Markdown would read as markup; a tilde is handled per line by :func:`_tildes`."""
+    """Escape what Markdown would read as markup. :func:`_tildes` handles tildes per line."""
     return _EDGE_UNDERSCORE.sub(r"\\_", text.translate(_MARKDOWN_SPECIAL))
 
 
 def _tildes(line: str) -> str:
     """Escape tildes only in a line with two or more, the least that can strike text through.
 
-    ``HEAD~1`` in a heading stays readable in a terminal; ``HEAD~2 → HEAD~1`` is escaped.
+    ``HEAD~1`` in a heading stays readable in a terminal, but ``HEAD~2 → HEAD~1`` is escaped.
     """
     return line.replace("~", "\\~") if line.count("~") >= 2 else line
 

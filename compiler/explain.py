@@ -91,7 +91,9 @@ def format_local(instant: int, zone_name: str) -> str:
 
 
 def parse_instant(text: str, zone_name: str) -> int:
-    """Parse ``--at``: ISO 8601 with an offset or ``Z`` is absolute; without one it is the lock's local time.
+    """Parse ``--at`` into a Unix timestamp in seconds.
+
+    ISO 8601 with an offset or ``Z`` is absolute, and a time without one is the lock's local time.
 
     A local time without an offset follows the schedule rules: a skipped time maps to the
     transition, a repeated time to its first occurrence.
@@ -137,7 +139,7 @@ def explain(
 
 
 def not_found(kind: str, kinds: str, name: str, known) -> str:
-    """Say that ``name`` is unknown, suggest close names, and list the known ones when few."""
+    """Build the not-found message for ``name``: close names, and the known ones when few."""
     names = sorted(known)
     text = f"{kind} {name!r} not found"
     close = _close_names(name, names)
@@ -292,7 +294,7 @@ def _check_schedule(result: Explanation, prefix: str, lock: Lock, instant: int, 
     blocked: list[str] = []
     windows = (_WHOLE_DAY,) if schedule.always else schedule.windows
 
-    # A window belongs to the day it starts on and lasts at most a day: only windows starting
+    # A window belongs to the day it starts on and lasts at most a day, so only windows starting
     # yesterday or today can contain the instant.
     for day in (today - timedelta(days=1), today):
         for window in windows:

@@ -5,7 +5,7 @@ One small CA per deployment signs two kinds of leaf certificates, all ECDSA P-25
 - server certificates (bundle hosting, receiver): serverAuth, with the host name and, for
   ``localhost``, ``127.0.0.1`` and ``::1`` in the subjectAltName;
 - lock certificates: clientAuth, subject CN = the lock's name. nginx maps the verified CN to
-  the one bundle the lock may read; the receiver and the manifest identify a lock by the
+  the one bundle the lock may read. The receiver and the manifest identify a lock by the
   SHA-256 of its certificate (:func:`certificate_sha256`).
 
 Private keys are written with mode 0600 and never leave the directory they are generated
@@ -70,7 +70,7 @@ class PkiError(Exception):
 def init_ca(directory: str | os.PathLike, name: str = "doorlock CA", days: int = DEFAULT_CA_DAYS) -> Path:
     """Create a new CA in ``directory`` and return the path of its certificate (``ca.crt``).
 
-    Raises :class:`PkiError` when the directory already holds a CA: replacing it would lock
+    Raises :class:`PkiError` when the directory already contains a CA: replacing it would lock
     every lock out of the bundle hosting.
     """
     directory = Path(directory)
@@ -114,7 +114,7 @@ def issue_server(ca_dir: str | os.PathLike, hostname: str, out_dir: str | os.Pat
     """Issue a serverAuth certificate for ``hostname``; return ``(cert_path, key_path)``.
 
     The subjectAltName contains ``hostname`` (as an IP address when it is one) and every entry of
-    ``extra_sans``; a certificate for ``localhost`` also covers ``127.0.0.1`` and ``::1``.
+    ``extra_sans``. A certificate for ``localhost`` also covers ``127.0.0.1`` and ``::1``.
     """
     _check_days(days)
     names = [hostname, *extra_sans]
@@ -180,7 +180,7 @@ def sign_lock_request(ca_dir: str | os.PathLike, lock_name: str, csr: str | os.P
     """Issue a lock certificate for the public key in a CSR; return ``(cert_path, sha256_hex)``.
 
     Only the CSR's key is used: the subject is always ``CN=<lock_name>`` and the usage
-    clientAuth, whatever the request asks for. The request's self-signature must verify and
+    clientAuth, whatever the request contains. The request's self-signature must verify and
     its key must be P-256.
     """
     _check_days(days)
@@ -256,7 +256,7 @@ def renew(ca_dir: str | os.PathLike, cert_path: str | os.PathLike, days: int | N
 
 
 def load_certificate(source: bytes | str | os.PathLike) -> x509.Certificate:
-    """Load a certificate from PEM or DER bytes, or from a file holding either."""
+    """Load a certificate from PEM or DER bytes, or from a file containing either."""
     if isinstance(source, (bytes, bytearray)):
         data, origin = bytes(source), "certificate data"
     else:
@@ -336,7 +336,7 @@ def _load_ca(ca_dir):
     for required in (cert_path, key_path):
         if not required.is_file():
             raise PkiError(f"{required} not found: run 'doorlock pki init --ca {directory}' first, "
-                           f"or pass the directory that holds the CA with --ca")
+                           f"or pass the directory that contains the CA with --ca")
     ca_cert = load_certificate(cert_path)
     try:
         ca_key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)

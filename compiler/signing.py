@@ -60,7 +60,8 @@ def public_key_b64(public_key: Ed25519PublicKey) -> str:
 def generate_key_pair(name: str | Path) -> KeyPairPaths:
     """Generate an Ed25519 key pair and write ``NAME.key`` (0600) and ``NAME.pub``.
 
-    Refuses to overwrite either file, so that a typo cannot destroy a key in use.
+    Raises :class:`KeyFileError` instead of overwriting either file, so that a typo cannot
+    destroy a key in use.
     """
     private_path, public_path = key_pair_paths(name)
     for path in (private_path, public_path):
@@ -73,7 +74,7 @@ def generate_key_pair(name: str | Path) -> KeyPairPaths:
     pem = private_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    # O_EXCL: never follow or replace an existing file; the mode is set at creation, so the
+    # O_EXCL never follows or replaces an existing file. The mode is set at creation, so the
     # key is not readable by others even for a moment.
     try:
         descriptor = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -102,7 +103,7 @@ def _parse_private_pem(pem: bytes, shown: str) -> Ed25519PrivateKey:
             f"{shown} is not a PEM private key; give the NAME.key file written by 'doorlock keygen'"
         ) from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise KeyFileError(f"{shown} holds a {type(key).__name__}, not an Ed25519 key; generate one with 'doorlock keygen'")
+        raise KeyFileError(f"{shown} contains a {type(key).__name__}, not an Ed25519 key; generate one with 'doorlock keygen'")
     return key
 
 
@@ -146,7 +147,7 @@ def load_public_key_file(path: str | Path) -> Ed25519PublicKey:
         return dsse.load_public_key(text)
     except dsse.EnvelopeError:
         raise KeyFileError(
-            f"{path} does not hold a base64 Ed25519 public key (32 raw bytes); "
+            f"{path} does not contain a base64 Ed25519 public key (32 raw bytes); "
             "give the NAME.pub file written by 'doorlock keygen'"
         ) from None
 
@@ -209,9 +210,10 @@ def build_signers_document(
 
 
 def read_signers_document(data: bytes, shown: str) -> SignersSummary:
-    """Read a signers document's fields; the lock, not the compiler, checks the root signature.
+    """Read a signers document's fields without checking the root signature.
 
-    The compiler has no root public key (locks pin it), so this only checks the structure.
+    The lock checks that signature, because the compiler has no root public key (locks pin it).
+    This function only checks the structure.
     """
     from lockclient import bundle
 

@@ -4,13 +4,13 @@
 them in the :class:`AccessRepository` and reports:
 
 - errors: duplicate ids (usernames, group, lock and schedule names), references to unknown
-  groups, locks and schedules, one hardware id on two keys (break-glass keys included), an
-  unknown IANA time zone, a window of zero length, an end date before its start date, a
-  schedule that is never open, a certificate file that cannot be read or does not match the
-  fingerprint;
-- warnings: a lock that no rule of an enabled group reaches; an enabled lock without a
-  certificate (the receiver cannot identify it); an enabled person in no group; a file name
-  that differs from the id inside; a certificate that expires within 30 days.
+  groups, locks and schedules, and one hardware id on two keys (break-glass keys included).
+  Also an unknown IANA time zone, a window of zero length, an end date before its start
+  date, a schedule that is never open, and a certificate file that cannot be read or does
+  not match the fingerprint.
+- warnings: a lock that no rule of an enabled group reaches, an enabled lock without a
+  certificate (the receiver cannot identify it), an enabled person in no group, a file name
+  that differs from the id inside, and a certificate that expires within 30 days.
 """
 
 from __future__ import annotations
@@ -219,8 +219,8 @@ def _check_schedule(schedule: Schedule, report: _Reporter) -> None:
 
 
 def _range_path(raw: list, field_name: str, item, index: int) -> tuple[Any, ...]:
-    # Ranges that failed to parse were dropped, so the model index may lag the YAML index;
-    # look the range up by its dates.
+    # Ranges that failed to parse were dropped, so the model index may lag the YAML index.
+    # Look the range up by its dates instead.
     for raw_index, raw_item in enumerate(raw):
         if isinstance(raw_item, dict) and raw_item.get("until") == item.last.isoformat() and raw_item.get("from") == (
             item.first.isoformat() if item.first else None
@@ -254,8 +254,8 @@ def _check_lock(lock: Lock, root: Path, now: datetime, report: _Reporter) -> Non
             seen[key.hwid] = key.source
 
     if lock.certificate_sha256 is None and lock.enabled:
-        # The receiver and the bundle server identify a lock by its certificate's fingerprint
-        # only: without one, its statistics pushes are refused (403).
+        # The receiver and the bundle server identify a lock only by its certificate's
+        # fingerprint, so without one its statistics pushes are rejected (403).
         report.warning(
             lock.source,
             f"lock {lock.name!r} has no 'certificate:', so the receiver cannot identify it and "
@@ -424,7 +424,8 @@ def _claim(owners: dict[str, tuple[Source, str]], hwid: str, source: Source, pla
 
 def _check_shared_certificates(repository: AccessRepository, report: _Reporter) -> None:
     # The receiver identifies a lock by its certificate fingerprint, so two locks with one
-    # certificate could write each other's statistics; it rejects both, and so does this check.
+    # certificate could write each other's statistics. The receiver rejects both locks, and so
+    # does this check.
     first_lock: dict[str, Lock] = {}
     for lock in sorted(repository.locks.values(), key=lambda item: item.source.file):
         if lock.certificate_sha256 is None:

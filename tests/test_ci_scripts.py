@@ -364,7 +364,8 @@ def test_remote_ssh_key_only_in_a_private_agent(repo, doorlock_command, keys, re
     assert result.returncode == 0, result.stdout + result.stderr
     assert secret.splitlines()[1] not in result.stdout + result.stderr
     sockets = {line.split(" ", 1)[1] for line in remote["log"].read_text().splitlines() if line.startswith("agent ")}
-    assert len(sockets) == 1 and sockets != {"none"}, sockets
+    assert len(sockets) == 1, sockets
+    assert sockets != {"none"}, sockets
     socket = sockets.pop()
     assert not Path(socket).exists(), "the agent's directory was not removed"
     for status in Path("/proc").glob("[0-9]*/cmdline"):
@@ -497,7 +498,7 @@ def test_gitlab_publish_job_installs_nothing():
     assert ".doorlock-venv/" in pipeline["install"]["artifacts"]["paths"]
 
 
-def test_gitlab_other_jobs_stop_when_a_key_reaches_them(tmp_path):
+def test_gitlab_other_jobs_stop_on_key(tmp_path):
     pipeline = load_yaml(ROOT / "ci" / "gitlab-ci.yml")
     jobs = gitlab_jobs(pipeline)
     for name, job in jobs.items():
@@ -506,7 +507,8 @@ def test_gitlab_other_jobs_stop_when_a_key_reaches_them(tmp_path):
         assert job.get("extends") == ".without-keys", name
         assert "before_script" not in job, name
     guard = "\n".join(pipeline[".without-keys"]["before_script"])
-    assert "pip" not in guard and "apt-get" not in guard
+    assert "pip" not in guard
+    assert "apt-get" not in guard
 
     base_env = {"PATH": "/usr/bin:/bin", "CI_JOB_NAME": "install"}
     for secret in ("DOORLOCK_SIGNING_KEY", "DOORLOCK_SSH_KEY"):
@@ -527,7 +529,8 @@ def test_gitlab_pipeline_jobs():
     assert any("validate-and-diff" in line for line in pipeline["validate"]["script"])
     assert pipeline["stages"] == ["prepare", "validate", "publish"]
     sources = " ".join(rule["if"] for rule in pipeline["publish"]["rules"])
-    assert "schedule" in sources and "push" in sources
+    assert "schedule" in sources
+    assert "push" in sources
     assert "merge_request_event" not in sources
 
 
