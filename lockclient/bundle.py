@@ -50,8 +50,8 @@ SIGNERS_PAYLOAD_TYPE = "application/vnd.doorlock.signers+json; version=1"
 BUNDLE_FORMAT = 1
 SIGNERS_FORMAT = 1
 
-# About 200 bytes per key and interval list in the worst case: 32 MiB holds well over
-# 100,000 keys. Anything larger is refused before it is parsed.
+# About 200 bytes per key and interval list in the worst case, so 32 MiB is room for well over
+# 100,000 keys. Anything larger is rejected before it is parsed.
 MAX_ENVELOPE_BYTES = 32 * 1024 * 1024
 
 # Versions and instants must fit a signed 64-bit integer, so that a lock written in another
@@ -300,11 +300,11 @@ def _parse_intervals(raw: object) -> list[list[int]]:
     lists = []
     for position, bounds in enumerate(raw):
         if not isinstance(bounds, list) or len(bounds) % 2:
-            raise MalformedError(f"interval list {position} must hold an even number of instants")
+            raise MalformedError(f"interval list {position} must contain an even number of instants")
         previous = None
         for instant in bounds:
             if not isinstance(instant, int) or isinstance(instant, bool) or not 0 <= instant <= MAX_INTEGER:
-                raise MalformedError(f"interval list {position} holds {instant!r}, not an instant in Unix seconds")
+                raise MalformedError(f"interval list {position} contains {instant!r}, not an instant in Unix seconds")
             if previous is not None and instant <= previous:
                 raise MalformedError(f"interval list {position} is not strictly increasing")
             previous = instant
@@ -313,7 +313,7 @@ def _parse_intervals(raw: object) -> list[list[int]]:
 
 
 def _parse_settings(raw: object) -> dict:
-    """Check the types of the settings the lock reads; absent settings take their defaults."""
+    """Check the types of the settings the lock reads. Absent settings take their defaults."""
     if not isinstance(raw, dict):
         raise MalformedError("payload field settings must be an object")
     zone = raw.get("timezone")
@@ -384,14 +384,14 @@ def verify_bundle(
     # future does not stretch how long the bundle lasts there.
     _check_validity_span(version, issued_at, expires_at, max_validity)
     # A stored version set by a bundle whose signing key the root has since removed from the
-    # signers document does not bind: whoever stole that key may have signed a huge version so
+    # signers document does not bind. Whoever stole that key may have signed a huge version so
     # that every genuine bundle looks like a rollback. A bundle by a listed key replaces it.
     if previous is not None and previous.signed_by is not None and previous.signed_by not in signers.keys:
         previous = None
     _check_rollback("bundle", version, digest, previous)
     # issued_at is not compared with ``now``. The clock floor it raises is tied to ``signed_by``
-    # (lockclient.clock), so a future issue time forged with a stolen key ends with the key, and
-    # the lock moves that floor on from acceptance, so the bundle expires after its span anyway.
+    # (lockclient.clock), so a future issue time forged with a stolen key ends with the key.
+    # The lock also moves that floor on from acceptance, so the bundle expires after its span anyway.
     if not allow_expired and now >= expires_at:
         raise ExpiredError(f"bundle version {version} expired at {format_time(expires_at)}")
 

@@ -73,7 +73,7 @@ class Clock:
         self._accepted_offset = self._floor - self._last_sample if self._floor > 0 else math.inf
         # (smallest larger offset seen, monotonic time it was first seen) while a step is unconfirmed
         self._pending_step: tuple[float, float] | None = None
-        # The ceiling last passed to advance_floor: None (no bundle) holds the system part still.
+        # The ceiling last passed to advance_floor. None (no bundle) keeps the system part still.
         self._ceiling: float | None = math.inf
         self._signers_issued_at = 0.0
         self._listed_keys: frozenset[str] | None = None
@@ -91,15 +91,15 @@ class Clock:
             return max(system_part, self._signers_issued_at, *self._bundle_parts_at(system_part))
 
     def _bundle_parts_at(self, system_part: float) -> list[float]:
-        """Each bundle part: its issue time plus the time elapsed since its bundle was accepted."""
+        """Compute each bundle part: its issue time plus the time elapsed since its bundle was accepted."""
         return [issued_at + max(0.0, system_part - accepted) for issued_at, accepted in self._bundle_parts.values()]
 
     def system_part(self) -> float:
-        """Return the system part as it stands now, without saving it or judging clock steps.
+        """Return the current system part, without saving it or judging clock steps.
 
         It follows the system clock, at the speed of the monotonic clock at most, and moves at
         monotonic speed while the system clock is behind it. It is how elapsed time is measured
-        for the bundle parts; :meth:`advance_floor` moves the saved value the same way.
+        for the bundle parts, and :meth:`advance_floor` moves the saved value the same way.
         """
         system = self.system_time()
         monotonic = self.monotonic()
@@ -132,8 +132,8 @@ class Clock:
         """Return when a bundle expiring at ``expires_at`` stops counting, in system-clock terms.
 
         That is ``expires_at`` less the lead that bundle parts give the trusted time over the
-        other sources. For a genuine bundle there is none; a bundle with a forged future
-        ``issued_at`` expires once its span has elapsed, and this says when.
+        other sources. For a genuine bundle there is no lead. A bundle with a forged future
+        ``issued_at`` expires once its span has elapsed, and this method returns that instant.
         """
         system = self.system_time()
         monotonic = self.monotonic()

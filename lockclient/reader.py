@@ -10,7 +10,7 @@ Failure modes it survives (observed with nfcpy 1.0.4 on PN532 and RC-S380 reader
 - SIGTERM/SIGINT: the daemon sets the stop event; the reader is closed in ``finally``. nfcpy
   consults the ``terminate`` callback of ``connect()`` only between sense rounds, and a round
   senses every target ``iterations`` times, each target up to the driver's timeout (1 s on the
-  udp driver when no card answers). So each ``connect()`` here senses a single technology once
+  udp driver when no card responds). So each ``connect()`` here senses a single technology once
   and ``terminate`` ends it right after: a stop waits for at most one sense;
 - the same card reported many times a second (``on-connect`` returns False, so nfcpy reports
   a resting card again on every poll): a UID triggers again only after it has been away for
@@ -171,7 +171,7 @@ class CardReader:
                 self._fail("connect() returned False (reader I/O error)")
                 return
             if result is not None and result is not True:
-                # A card answered: sense the same technology next, so a resting card is seen
+                # A card responded: sense the same technology next, so a resting card is seen
                 # again at once and stays debounced.
                 stop.wait(PAUSE_AFTER_TAG)
                 continue
@@ -203,10 +203,10 @@ class CardReader:
         return terminate
 
     def _unsupported_target(self, frontend, target: str) -> bool:
-        """Tell whether ``connect()`` returned False because the driver cannot sense ``target``.
+        """Check whether ``connect()`` returned False because the driver cannot sense ``target``.
 
         With a single target nfcpy reports an unsupported technology the same way as an I/O
-        error; sensing it directly tells them apart.
+        error, so this senses ``target`` directly to distinguish the two.
         """
         import nfc.clf
 
@@ -244,7 +244,7 @@ class CardReader:
         return False
 
     def _debounced(self, hwid: str) -> bool:
-        """Return True when ``hwid`` was seen within the debounce period; record the sighting."""
+        """Record a sighting of ``hwid`` and return True when it was seen within the debounce period."""
         now = self.monotonic()
         previous = self._last_sighting.get(hwid)
         self._last_sighting[hwid] = now

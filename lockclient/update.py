@@ -1,7 +1,7 @@
 """One update round: download the signers document and the bundle, verify them, store them.
 
-Order matters: the signers document is fetched first because it says which signing keys the
-bundle may carry. A bundle valid for longer than ``max_bundle_validity_days`` is rejected like
+Order matters: the signers document is fetched first because it lists the signing keys that
+may sign the bundle. A bundle valid for longer than ``max_bundle_validity_days`` is rejected like
 a forged one, because its span, counted from acceptance (:mod:`lockclient.clock`), is all
 that ends it while updates are withheld.
 A rejected download is logged with its reason, remembered for the next status push, and never
@@ -24,7 +24,7 @@ from lockclient import dsse
 from lockclient.bundle import BundleError
 from lockclient.clock import Clock
 from lockclient.config import DEFAULT_MAX_BUNDLE_VALIDITY_DAYS
-from lockclient.fetch import Fetcher
+from lockclient.fetch import Fetcher, FetchResult
 from lockclient.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -84,21 +84,35 @@ class Updater:
         self.max_validity_days = max_validity_days
 
     def run_once(self) -> UpdateOutcome:
-        """Fetch, verify and store; raises :class:`lockclient.fetch.FetchError` on download failures."""
+        """Fetch, verify and store both documents.
+
+        Raises :class:`lockclient.fetch.FetchError` when a download fails.
+        """
         rejections: list[Rejection] = []
         signers_updated = self._update_signers(rejections)
         bundle_updated = self._update_bundle(rejections)
         self.storage.save_state()
         return UpdateOutcome(bundle_updated, signers_updated, tuple(rejections))
 
-    def _update_signers(self, rejections: list[Rejection]) -> bool:
-        result = self.fetcher.get(self.signers_url, self.storage.etag("signers"))
+    def _fetch_if_changed(self, kind: str, url: str) -> FetchResult | None:
+        """Download the ``kind`` document from ``url``; return None when it is unchanged.
+
+        A not-modified response, or a body with the same SHA-256 as the stored document, only
+        updates the stored ETag.
+        """
+        result = self.fetcher.get(url, self.storage.etag(kind))
         if result.not_modified:
-            self.storage.set_etag("signers", result.etag)
-            return False
-        current = self.storage.signers
+            self.storage.set_etag(kind, result.etag)
+            return None
+        current = self.storage.signers if kind == "signers" else self.storage.bundle
         if current is not None and hashlib.sha256(result.data).hexdigest() == current.document.sha256:
-            self.storage.set_etag("signers", result.etag)
+            self.storage.set_etag(kind, result.etag)
+            return None
+        return result
+
+    def _update_signers(self, rejections: list[Rejection]) -> bool:
+        result = self._fetch_if_changed("signers", self.signers_url)
+        if result is None:
             return False
         try:
             # Judged without issue times vouched for by signing keys: one of them may be the
@@ -119,13 +133,8 @@ class Updater:
 
     def _update_bundle(self, rejections: list[Rejection]) -> bool:
         signers = self.storage.signers
-        result = self.fetcher.get(self.bundle_url, self.storage.etag("bundle"))
-        if result.not_modified:
-            self.storage.set_etag("bundle", result.etag)
-            return False
-        current = self.storage.bundle
-        if current is not None and hashlib.sha256(result.data).hexdigest() == current.document.sha256:
-            self.storage.set_etag("bundle", result.etag)
+        result = self._fetch_if_changed("bundle", self.bundle_url)
+        if result is None:
             return False
         if signers is None:
             rejections.append(self._reject(

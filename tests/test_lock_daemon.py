@@ -28,7 +28,7 @@ from lockclient.reader import TagRead
 from lockclient.spool import SPOOL_FILE, Spool
 from receiver import queries
 from tests.bundle_factory import DAY, FOREVER, HOUR, NOW
-from tests.lock_environment import BUNDLE_PATH, SIGNERS_PATH, LockEnvironment, write_config
+from tests.lock_environment import BUNDLE_PATH, SIGNERS_PATH, IdleFrontend, LockEnvironment, write_config
 from tests.receiver_harness import ReceiverSite
 from tests.test_lock_reader import TYPE2_UID, Emulator
 from compiler import pki
@@ -52,21 +52,6 @@ exit_button = { line = 27, active_low = true, bias = "pull-up", debounce_ms = 10
 [door]
 held_open_seconds = 30
 """
-
-
-class IdleFrontend:
-    """A reader with no card in the field: connect() polls until terminate() returns True."""
-
-    def open(self, path):
-        return True
-
-    def connect(self, rdwr, terminate):
-        while not terminate():
-            time.sleep(0.01)
-        return None
-
-    def close(self):
-        pass
 
 
 class HungFrontend(IdleFrontend):
@@ -288,7 +273,8 @@ def test_reader_that_turns_again_is_healthy_again(env, running):
     wait_for(lambda: daemon.monotonic() - daemon.reader.last_turn < 60)
     daemon._check_reader()
 
-    assert stalled[0] is False and "has not turned" in stalled[1]
+    assert stalled[0] is False
+    assert "has not turned" in stalled[1]
     assert daemon.reader.healthy
     assert daemon.reader.last_error is None
     assert not daemon.stop_event.is_set()
@@ -403,7 +389,7 @@ def test_real_card_opens_through_udp_reader(env, tmp_path, caplog):
     logged = "\n".join(record.getMessage() for record in caplog.records if record.levelno >= logging.INFO)
     assert "tap 04:…:7f: open" in logged
     for form in (MEMBER, MEMBER.upper(), TYPE2_UID, TYPE2_UID.upper()):
-        assert form not in logged  # nfcpy's and lockclient's INFO lines never hold the full UID
+        assert form not in logged  # nfcpy's and lockclient's INFO lines never contain the full UID
 
 
 def test_sigterm_stops_daemon_cleanly(env):
@@ -455,7 +441,7 @@ def test_cli_check_and_status(env, running):
     assert report["spool"]["dropped"] == 0
 
 
-def test_cli_status_warns_about_expired_bundle_still_in_use(env, running):
+def test_cli_status_warns_expired_bundle(env, running):
     config = dataclasses.replace(env.config, expired_policy="keep-last-bundle")
     daemon, _ = running(config=config)
     wait_for(lambda: daemon.bundle is not None)

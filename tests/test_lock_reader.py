@@ -1,7 +1,7 @@
 """The real nfcpy read path: emulated cards on nfcpy's udp driver, read by the lock's reader loop.
 
 Ports come from 41000-41099 (no names in /etc/services), one per test, so a leftover listener
-from one test cannot answer another.
+from one test cannot respond to another.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def test_emulator_listens_on_loopback_only(emulators):
 def test_resting_card_of_last_target_reported_once(emulators):
     emulators(41017, "type3", TYPE3_IDM)
 
-    # The FeliCa card answers only the last of three technologies; on udp each silent one
+    # The FeliCa card responds only to the last of three technologies. On udp each silent one
     # costs a 1 s sense, longer than the debounce, unless the reader stays with the card.
     with ReaderRun(41017, ("106A", "106B", "212F"), debounce=1.0) as run:
         run.wait_for(lambda: run.reader.sightings >= 5)
@@ -177,11 +177,11 @@ def test_resting_card_of_last_target_reported_once(emulators):
 
 def test_stop_waits_for_at_most_one_sense():
     listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    listener.bind(("127.0.0.1", 41018))  # stands where a card would answer; it never does
+    listener.bind(("127.0.0.1", 41018))  # listens where a card would respond, but never responds
     listener.settimeout(20)
     try:
         with ReaderRun(41018, ("106A", "106B", "212F")) as run:
-            listener.recv(1024)  # the reader is now waiting for an answer to one sense
+            listener.recv(1024)  # the reader is now waiting for a response to one sense
             run.stop_event.set()
         listener.setblocking(False)
         after_stop = []
@@ -196,7 +196,7 @@ def test_stop_waits_for_at_most_one_sense():
     assert [frame for frame in after_stop if not frame.startswith(b"RFOFF")] == []
 
 
-def test_technology_the_driver_cannot_sense_is_skipped(emulators):
+def test_unsupported_technology_skipped(emulators):
     emulators(41019, "type2", TYPE2_UID)
 
     # nfcpy's udp driver senses Type F at 212 and 424 kbit/s only.
@@ -261,7 +261,7 @@ def test_failed_tap_logged_without_full_uid(caplog):
 
 
 class FlakyFrontend:
-    """Stands in for ContactlessFrontend to replay driver failures nfcpy users report."""
+    """Fake ContactlessFrontend that replays driver failures reported by nfcpy users."""
 
     def __init__(self, script: list):
         self.script = script
